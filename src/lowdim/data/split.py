@@ -1,0 +1,132 @@
+"""In-memory splits batched by index_select: no DataLoader, whose per-batch overhead dominates
+MNIST-sized work on a couple of cores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from lowdim.errors import LowdimError
+from lowdim.seeding import generator
+
+Augment = Callable[[Tensor, torch.Generator], Tensor]
+"""A batch-level augmentation: (batch of shape (B, C, H, W), CPU generator) -> a new tensor of
+the same shape. It must not modify its input in place: unshuffled batches are views of the
+split's own tensors."""
+
+
+def check_batching(n: int, batch_size: int, drop_last: bool, start_batch: int) -> int:
+    """The number of batches, after checking `batch_size` and `start_batch` (LowdimError)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise LowdimError(f"batch size {batch_size!r} must be a positive integer")
+    count = n // batch_size if drop_last else -(-n // batch_size)
+    if isinstance(start_batch, bool) or not isinstance(start_batch, int):
+        raise LowdimError(f"start_batch {start_batch!r} must be an integer")
+    if not 0 <= start_batch <= count:
+        raise LowdimError(f"start_batch {start_batch} is outside [0, {count}] for this epoch")
+    return count
+
+
+def epoch_order(n: int, shuffle: bool, seed: int, epoch: int) -> Tensor:
+    """The sample order of an epoch: a permutation drawn from generator("order", seed, epoch)
+    when shuffling, else 0..n-1. Always drawn on the CPU so it does not depend on the device."""
+    if shuffle:
+        return torch.randperm(n, generator=generator("order", seed, epoch))
+    return torch.arange(n)
+
+
+def augment_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
+    """The generator that augments batch number `batch` of an epoch.
+
+    Keyed by the batch number as well as (seed, epoch), so that skipping batches on a mid-epoch
+    resume needs no replay of the skipped draws and still gives the same later batches.
+    """
+    return generator("augment", seed, epoch, batch)
+
+
+class Split:
+    """One split of a dataset held as tensors: `x` float32 (N, C, H, W), `y` int64 (N,).
+
+    `augment` (default None) is applied batch by batch to shuffled passes; see `batches`.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, augment: Augment | None = None) -> None:
+        if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
+            raise LowdimError(
+                f"a split needs x of shape (N, C, H, W) and y of shape (N,), got "
+                f"{tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        self.x = x
+        self.y = y
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __repr__(self) -> str:
+        aug = "" if self.augment is None else ", augmented"
+        return f"Split(n={len(self)}, shape={tuple(self.x.shape[1:])}, device={self.x.device}{aug})"
+
+    @property
+    def device(self) -> torch.device:
+        """The device the tensors live on."""
+        return self.x.device
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        """Batches per epoch: ceil(N / batch_size), or floor with `drop_last` (default False)."""
+        return check_batching(len(self), batch_size, drop_last, 0)
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        device: str | torch.device | None = None,
+        drop_last: bool = False,
+        start_batch: int = 0,
+        augment: bool | None = None,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield (x, y) batches of one epoch.
+
+        The order is `torch.randperm(N, generator=generator("order", seed, epoch))` when
+        `shuffle` (default False), else 0..N-1, so an epoch's batches are a pure function of
+        (seed, epoch): a resumed run sees exactly what an uninterrupted one saw.
+        `start_batch` (default 0) skips that many leading batches without changing the rest.
+        `device` (default None: where the tensors live) receives each batch, non-blocking for
+        CUDA. `drop_last` (default False) drops a final short batch. `augment` (default None,
+        meaning "same as `shuffle`") applies `self.augment`, with batch b of the epoch drawing
+        from `generator("augment", seed, epoch, b)`; evaluation passes (no shuffle) are thus
+        unaugmented unless asked.
+        """
+        n = len(self)
+        count = check_batching(n, batch_size, drop_last, start_batch)
+        use_augment = (shuffle if augment is None else augment) and self.augment is not None
+        target = torch.device(device) if device is not None else self.x.device
+        non_blocking = target.type == "cuda"
+        order = epoch_order(n, shuffle, seed, epoch).to(self.x.device) if shuffle else None
+        for b in range(start_batch, count):
+            lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
+            if order is None:
+                # Unshuffled: slices are views, cheaper than gathering.
+                xb, yb = self.x[lo:hi], self.y[lo:hi]
+            else:
+                idx = order[lo:hi]
+                xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
+            xb = xb.to(target, non_blocking=non_blocking)
+            yb = yb.to(target, non_blocking=non_blocking)
+            if use_augment:
+                assert self.augment is not None
+                xb = self.augment(xb, augment_generator(seed, epoch, b))
+            yield xb, yb
+
+    def to(self, device: str | torch.device) -> Split:
+        """A copy of this split with its tensors on `device` (small datasets fit on a GPU)."""
+        return Split(self.x.to(device), self.y.to(device), self.augment)
+
+    def with_labels(self, y: Tensor) -> Split:
+        """The same images with labels `y` (e.g. corrupted ones)."""
+        return Split(self.x, y.to(self.y.device), self.augment)
