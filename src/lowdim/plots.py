@@ -1,0 +1,33 @@
+"""Figures written next to a run's results (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .io import atomic_write
+
+
+def plot_curves(history: list[dict], path: str | Path, *, title: str = "") -> None:
+    """Loss (left) and accuracy (right) per epoch, train and test, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for key, style in (("train", "--"), ("test", "-")):
+        ax_loss.plot(epochs, [r[f"{key}_loss"] for r in history], style, label=key)
+        ax_acc.plot(epochs, [r[f"{key}_acc"] for r in history], style, label=key)
+    ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)

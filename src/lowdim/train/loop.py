@@ -1,0 +1,246 @@
+"""The one training loop of lowdim: minibatches, optimiser steps, evaluation, snapshots, metrics,
+checkpoints and resume.
+
+Every method trains through `fit`: plain SGD here, and the subspace optimisers, which are torch
+optimisers too. The step always goes through `optimizer.step(closure)`, so optimisers that
+re-evaluate the loss (a line search) and ones that do not share the same loop.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import LowdimError
+from ..params import FlatParams
+from ..trajectory import TrajectoryRecorder
+from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from .metrics import MetricsLog, format_epoch, progress_bar
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: the last epoch's metrics and the whole history."""
+
+    test_acc: float
+    test_loss: float
+    train_acc: float
+    train_loss: float
+    epochs: int
+    wall_seconds: float
+    snapshots: int
+    history: list[dict] = field(default_factory=list)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    split,
+    *,
+    batch_size: int = 1000,
+    device=None,
+    loss_fn: LossFn = F.cross_entropy,
+) -> tuple[float, float]:
+    """(mean loss, accuracy) of `model` over `split`, in eval mode; restores the previous mode."""
+    was_training = model.training
+    model.eval()
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
+    for x, y in split.batches(batch_size, device=device):
+        out = model(x)
+        total_loss += loss_fn(out, y).double() * len(y)
+        correct += (out.argmax(1) == y).sum()
+        n += len(y)
+    model.train(was_training)
+    return total_loss.item() / max(n, 1), correct.item() / max(n, 1)
+
+
+def snapshot_steps(num_batches: int, samples_per_epoch: int) -> set[int]:
+    """The steps within an epoch (1-based) after which a snapshot is taken: K evenly spaced ones,
+    the last at the end of the epoch."""
+    k = min(samples_per_epoch, num_batches)
+    return {round((i + 1) * num_batches / k) for i in range(k)}
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train,
+    test,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int = 0,
+    scheduler=None,
+    device: str | torch.device | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    flat: FlatParams | None = None,
+    trajectory_dir: str | Path | None = None,
+    samples_per_epoch: int = 1,
+    loss_fn: LossFn = F.cross_entropy,
+    progress: bool = True,
+    tensorboard: bool = False,
+    eval_batch_size: int = 1000,
+    extra_metrics: Callable[[], dict] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> FitResult:
+    """Train `model` for `epochs` epochs of `train` (a `lowdim.data.Split`), evaluating on `test`.
+
+    Each step calls `optimizer.step(closure)`, where the closure zeroes the gradients in place,
+    runs forward and backward on the minibatch and returns the loss. The scheduler, if any, is
+    stepped once per epoch. Minibatch order is a pure function of (`seed`, epoch).
+
+    With `run_dir`, writes `metrics.jsonl` (one record per epoch) and a checkpoint at the end of
+    every epoch (`run_dir/checkpoint/`); `resume=True` continues from that checkpoint, so a killed
+    run, resumed, ends exactly as an uninterrupted one would on the same device. With
+    `trajectory_dir` (and `flat`, the model's `FlatParams`), records a snapshot of the flat
+    parameters at the start and `samples_per_epoch` times per epoch (default 1: after each epoch).
+    `extra_metrics()` is merged into each epoch's record (e.g. optimiser counters); `log`
+    receives the one-line epoch summaries (default: print to stderr when `progress`).
+    """
+    if epochs < 0:
+        raise LowdimError(f"--epochs must be >= 0, got {epochs}")
+    if batch_size <= 0:
+        raise LowdimError(f"--batch-size must be positive, got {batch_size}")
+    if samples_per_epoch < 1:
+        raise LowdimError(f"--samples-per-epoch must be >= 1, got {samples_per_epoch}")
+    if trajectory_dir is not None and flat is None:
+        raise ValueError("recording a trajectory needs the model's FlatParams (flat=...)")
+    if log is None:
+        log = _stderr if progress else (lambda _: None)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    ckpt_dir = run_dir / "checkpoint" if run_dir is not None else None
+
+    done = {"epoch": 0, "step": 0, "snapshots": 0, "wall_seconds": 0.0}
+    if resume and ckpt_dir is not None and has_checkpoint(ckpt_dir):
+        done = load_checkpoint(ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler)
+    recorder = None
+    if trajectory_dir is not None:
+        recorder = TrajectoryRecorder(
+            trajectory_dir, flat.layout(), resume=resume, keep=done["snapshots"]
+        )
+        if len(recorder) == 0:
+            recorder.append(flat.data, epoch=0, step=0)
+    metrics = None
+    if run_dir is not None:
+        metrics = MetricsLog(
+            run_dir / "metrics.jsonl",
+            resume=resume,
+            keep_epochs=done["epoch"],
+            tensorboard_dir=run_dir / "tensorboard" if tensorboard else None,
+        )
+    history = list(metrics.records) if metrics else []
+
+    started = time.perf_counter()
+    step = done["step"]
+    num_batches = train.num_batches(batch_size)
+    marks = snapshot_steps(num_batches, samples_per_epoch)
+    model.train()
+    for epoch in range(done["epoch"] + 1, epochs + 1):
+        epoch_start = time.perf_counter()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
+        bar = progress_bar(num_batches, f"epoch {epoch}/{epochs}", progress)
+        batches = train.batches(batch_size, shuffle=True, seed=seed, epoch=epoch, device=device)
+        for i, (x, y) in enumerate(batches, start=1):
+            first: list[tuple[Tensor, Tensor]] = []
+
+            def closure(x=x, y=y, first=first) -> Tensor:
+                optimizer.zero_grad(set_to_none=False)
+                out = model(x)
+                loss = loss_fn(out, y)
+                loss.backward()
+                if not first:  # the pre-step loss and logits, for the epoch's running metrics
+                    first.append((loss.detach(), out.detach()))
+                return loss
+
+            optimizer.step(closure)
+            loss, out = first[0]
+            loss_sum += loss.double() * len(y)
+            correct += (out.argmax(1) == y).sum()
+            seen += len(y)
+            step += 1
+            if recorder is not None and i in marks:
+                recorder.append(flat.data, epoch=epoch - 1 + i / num_batches, step=step)
+            bar.update(1)
+        bar.close()
+        if scheduler is not None:
+            scheduler.step()
+        train_loss = loss_sum.item() / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise LowdimError(
+                f"training diverged in epoch {epoch} (train loss {train_loss}); lower --lr"
+            )
+        test_loss, test_acc = evaluate(
+            model, test, batch_size=eval_batch_size, device=device, loss_fn=loss_fn
+        )
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": train_loss,
+            "train_acc": correct.item() / max(seen, 1),
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - epoch_start,
+        }
+        if extra_metrics is not None:
+            record.update(extra_metrics())
+        history.append(record)
+        log(format_epoch(record, epochs))
+        if metrics is not None:
+            metrics.log(record)
+        if ckpt_dir is not None:
+            save_checkpoint(
+                ckpt_dir,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                progress={
+                    "epoch": epoch,
+                    "step": step,
+                    "snapshots": len(recorder) if recorder is not None else 0,
+                    "wall_seconds": done["wall_seconds"] + time.perf_counter() - started,
+                },
+            )
+    if metrics is not None:
+        metrics.close()
+
+    if history:
+        last = history[-1]
+        test_loss, test_acc = last["test_loss"], last["test_acc"]
+        train_loss, train_acc = last["train_loss"], last["train_acc"]
+    else:  # zero epochs: report the starting point
+        test_loss, test_acc = evaluate(
+            model, test, batch_size=eval_batch_size, device=device, loss_fn=loss_fn
+        )
+        train_loss, train_acc = evaluate(
+            model, train, batch_size=eval_batch_size, device=device, loss_fn=loss_fn
+        )
+    return FitResult(
+        test_acc=test_acc,
+        test_loss=test_loss,
+        train_acc=train_acc,
+        train_loss=train_loss,
+        epochs=epochs,
+        wall_seconds=done["wall_seconds"] + time.perf_counter() - started,
+        snapshots=len(recorder) if recorder is not None else 0,
+        history=history,
+    )
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

@@ -1,0 +1,31 @@
+import os
+from pathlib import Path
+
+import pytest
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def mnist_dir() -> Path:
+    """Where the MNIST IDX files are: $LOWDIM_MNIST_DIR, else data/mnist (`make mnist`)."""
+    return Path(os.environ.get("LOWDIM_MNIST_DIR", Path(__file__).parents[1] / "data" / "mnist"))
+
+
+def require(path: Path, how: str) -> Path:
+    """Real-data tests run wherever the data is; in CI (which installs it) a missing folder is a
+    failure, never a skip."""
+    if not path.is_dir() or not any(path.iterdir()):
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing in CI; {how}")
+        pytest.skip(f"{path} is missing; {how}")
+    return path
+
+
+@pytest.fixture
+def fashion_dir() -> Path:
+    return require(FASHION_DIR, "apt-get install dataset-fashion-mnist")
+
+
+@pytest.fixture
+def mnist_path() -> Path:
+    return require(mnist_dir(), "run `make mnist`")
