@@ -1,0 +1,35 @@
+"""lowdim: train neural networks in tiny subspaces, theta = anchor + P c.
+
+The public API, re-exported: datasets, the model zoo, flat parameter views, trajectory recording
+and the training loop.
+"""
+
+from .data import DATASETS, Data, Split, corrupt_labels, load_dataset
+from .errors import LowdimError
+from .models import available_archs, build_model, register_model
+from .params import FlatParams, ParamSpec
+from .sgd import SGDConfig, train_sgd
+from .train import build_optimizer, build_schedule, evaluate, fit
+from .trajectory import Trajectory, TrajectoryRecorder
+
+__all__ = [
+    "DATASETS",
+    "Data",
+    "FlatParams",
+    "LowdimError",
+    "ParamSpec",
+    "SGDConfig",
+    "Split",
+    "Trajectory",
+    "TrajectoryRecorder",
+    "available_archs",
+    "build_model",
+    "build_optimizer",
+    "build_schedule",
+    "corrupt_labels",
+    "evaluate",
+    "fit",
+    "load_dataset",
+    "register_model",
+    "train_sgd",
+]

@@ -1,0 +1,112 @@
+"""What every `lowdim` subcommand shares: one-line errors, list options, data and run options."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+from ..data import DATASETS
+from ..models import available_archs
+
+
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line on stderr and exit status 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def int_list(text: str) -> list[int]:
+    """`"10,15"` -> [10, 15]; an empty string is an empty list."""
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def normalise_option_names(argv: list[str]) -> list[str]:
+    """Accept `--params_start` for `--params-start` (the spelling of the papers' scripts)."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and "_" in arg.split("=", 1)[0]:
+            name, sep, value = arg.partition("=")
+            arg = name.replace("_", "-") + sep + value
+        out.append(arg)
+    return out
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--dataset",
+        default="digits",
+        metavar="NAME",
+        help=f"one of: {', '.join(DATASETS)} (default: digits)",
+    )
+    g.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="folder with the dataset files (else $LOWDIM_DATA, the Debian location)",
+    )
+    g.add_argument(
+        "--download",
+        action="store_true",
+        help="download the canonical files if they are not found (needs internet)",
+    )
+    g.add_argument(
+        "--corrupt",
+        type=float,
+        default=0.0,
+        metavar="C",
+        help="fraction of training labels replaced by uniform draws, in [0, 1]",
+    )
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--arch",
+        default="mlp",
+        metavar="NAME",
+        help=f"one of: {', '.join(available_archs())} (default: mlp)",
+    )
+    g.add_argument(
+        "--hidden",
+        type=int_list,
+        default=None,
+        metavar="W1,W2",
+        help="hidden widths of --arch mlp (default: 200,200)",
+    )
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument(
+        "--seed", type=int, default=0, help="seed of the weights, data order and label noise"
+    )
+    g.add_argument("--save-dir", required=True, metavar="DIR", help="folder for this run's files")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --save-dir from its last checkpoint (starts it if none)",
+    )
+    g.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)"
+    )
+    g.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars")
+    g.add_argument("--tensorboard", action="store_true", help="also log to <save-dir>/tensorboard")
+
+
+def print_result(summary: dict, save_dir: str) -> None:
+    """The closing line of a run: the result and where the files are."""
+    print(
+        f"{summary['method']}: {summary['arch']} on {summary['dataset']}: "
+        f"test_acc {summary['test_acc']:.4f}  test_loss {summary['test_loss']:.4f}  "
+        f"dim {summary['subspace_dim']}/{summary['num_params']}  "
+        f"{summary['wall_seconds']:.1f}s  -> {save_dir}",
+        file=sys.stdout,
+    )

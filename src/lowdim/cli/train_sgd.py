@@ -1,0 +1,57 @@
+"""`lowdim train-sgd`: ordinary training that records the parameter trajectory."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from ..sgd import SGDConfig, train_sgd
+from ..train import OPTIMIZERS, SCHEDULES
+from .common import add_data_options, add_model_options, add_run_options, int_list, print_result
+
+HELP = "train with SGD while recording parameter snapshots (DLDR stage 1)"
+
+
+def add_parser(sub) -> None:
+    d = SGDConfig()
+    p = sub.add_parser("train-sgd", help=HELP, description=HELP)
+    add_data_options(p)
+    add_model_options(p)
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=d.epochs, help=f"(default: {d.epochs})")
+    g.add_argument("--lr", type=float, default=d.lr, help=f"(default: {d.lr})")
+    g.add_argument("--momentum", type=float, default=d.momentum, help=f"(default: {d.momentum})")
+    g.add_argument(
+        "--weight-decay", type=float, default=d.weight_decay, help=f"(default: {d.weight_decay})"
+    )
+    g.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})"
+    )
+    g.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default=d.optimizer, help=f"(default: {d.optimizer})"
+    )
+    g.add_argument(
+        "--schedule", choices=SCHEDULES, default=d.schedule, help=f"(default: {d.schedule})"
+    )
+    g.add_argument(
+        "--lr-milestones",
+        type=int_list,
+        default=[],
+        metavar="E1,E2",
+        help="epochs after which the lr is multiplied by --lr-gamma (default: none)",
+    )
+    g.add_argument("--lr-gamma", type=float, default=d.lr_gamma, help=f"(default: {d.lr_gamma})")
+    g.add_argument(
+        "--samples-per-epoch",
+        type=int,
+        default=d.samples_per_epoch,
+        help="snapshots per epoch, besides the one at initialisation (default: 1)",
+    )
+    add_run_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = SGDConfig(**{f.name: getattr(args, f.name) for f in fields(SGDConfig)})
+    summary = train_sgd(cfg, args.save_dir, resume=args.resume, progress=not args.quiet)
+    print_result(summary, args.save_dir)
