@@ -1,0 +1,44 @@
+"""Shared by the benchmarks: timing, the results file, and the machine they ran on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from lowdim.io import atomic_write_json
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of `repeats` calls (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machine() -> dict:
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
+
+
+def write_result(name: str, rows: list[dict], notes: str = "") -> Path:
+    """benchmarks/results/<name>.json, atomically."""
+    path = RESULTS / f"{name}.json"
+    atomic_write_json(path, {"benchmark": name, "machine": machine(), "notes": notes, "rows": rows})
+    return path
