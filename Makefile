@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUNS := runs
+LINT := $(wildcard src tests benchmarks experiments)
 
 .PHONY: install demo test test-slow lint bench mnist clean
 
@@ -24,8 +25,8 @@ demo: $(STAMP)
 	@echo "run folder: $(RUNS)/demo (summary.json, metrics.jsonl, curves.png, trajectory/)"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks experiments
-	$(VENV)/bin/ruff format --check src tests benchmarks experiments
+	$(VENV)/bin/ruff check $(LINT)
+	$(VENV)/bin/ruff format --check $(LINT)
 
 test: lint
 	$(VENV)/bin/pytest -q
