@@ -1,0 +1,130 @@
+"""The one basis abstraction: P, a D x d matrix, and the two products every method needs.
+
+    theta = anchor + P c        expand(c)  = P c     (d coordinates -> a D-vector)
+                                project(g) = P^T g   (a D-vector -> d coordinates)
+
+Each kind of basis (dense, trajectory PCA, and later random, sparse, Fastfood, checkpoint span,
+per-layer blocks, redrawn) is one subclass that implements these products its own way. A basis
+saves as safetensors: its tensors under their names, and its kind and numbers in the metadata,
+so `load_basis` needs no pickle and can refuse a file meant for another model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+
+from ..errors import LowdimError
+from ..io import save_tensors
+
+_KINDS: dict[str, type[Basis]] = {}
+
+
+class Basis(ABC):
+    """A linear map between d coordinates and the D-dimensional parameter space.
+
+    Subclasses set `kind` (the name stored in saved files), implement `expand`, `project`,
+    `tensors`, `numbers` and `from_state`, and may override `expand_add_` with a fused product.
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            _KINDS[cls.kind] = cls
+
+    @property
+    @abstractmethod
+    def num_params(self) -> int:
+        """D, the length of the parameter vectors the basis acts on."""
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """d, the number of coordinates."""
+
+    @abstractmethod
+    def expand(self, c: Tensor) -> Tensor:
+        """P c: a (D,) vector from (d,) coordinates."""
+
+    @abstractmethod
+    def project(self, g: Tensor) -> Tensor:
+        """P^T g: (d,) coordinates from a (D,) vector."""
+
+    def expand_add_(self, target: Tensor, c: Tensor, alpha: float = 1.0) -> Tensor:
+        """target += alpha * P c, in place (subclasses fuse this where they can)."""
+        return target.add_(self.expand(c), alpha=alpha)
+
+    @abstractmethod
+    def tensors(self) -> dict[str, Tensor]:
+        """The basis's tensors by name (what `save` writes)."""
+
+    def numbers(self) -> dict[str, int | float | str | list]:
+        """Its plain settings (what `save` writes as metadata); JSON-ready."""
+        return {}
+
+    @classmethod
+    @abstractmethod
+    def from_state(cls, tensors: dict[str, Tensor], numbers: dict) -> Basis:
+        """Rebuild a basis from `tensors()` and `numbers()`."""
+
+    def to(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> Basis:
+        """A copy with its floating tensors moved to `device` and cast to `dtype`."""
+        moved = {
+            k: v.to(
+                device=device, dtype=dtype if dtype is not None and v.is_floating_point() else None
+            )
+            for k, v in self.tensors().items()
+        }
+        return type(self).from_state(moved, self.numbers())
+
+    def state_dict(self) -> dict:
+        """Tensors and numbers only, so `torch.load(weights_only=True)` reads it back."""
+        return {"kind": self.kind, "numbers": self.numbers(), "tensors": self.tensors()}
+
+    def save(self, path: str | os.PathLike, *, layout: list[dict] | None = None) -> None:
+        """Write the basis to a safetensors file, atomically. `layout` (the parameter names and
+        shapes of the model it belongs to) lets `load_basis` refuse it for another model."""
+        meta = {"kind": self.kind, "numbers": json.dumps(self.numbers())}
+        if layout is not None:
+            meta["layout"] = json.dumps(layout)
+        save_tensors(path, self.tensors(), metadata=meta)
+
+
+def basis_from_state(state: dict) -> Basis:
+    """The inverse of `Basis.state_dict()`."""
+    kind = state["kind"]
+    if kind not in _KINDS:
+        raise LowdimError(f"unknown basis kind {kind!r}; known kinds: {', '.join(sorted(_KINDS))}")
+    return _KINDS[kind].from_state(state["tensors"], state["numbers"])
+
+
+def load_basis(
+    path: str | os.PathLike,
+    *,
+    layout: list[dict] | None = None,
+    device: str | torch.device = "cpu",
+) -> Basis:
+    """Read a basis written by `Basis.save`; with `layout`, check it was made for that model."""
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        raise LowdimError(f"cannot read the basis file {path}: {e}") from None
+    if "kind" not in meta:
+        raise LowdimError(f"{path} is not a lowdim basis file (no kind in its metadata)")
+    if layout is not None and "layout" in meta and json.loads(meta["layout"]) != layout:
+        raise LowdimError(f"the basis in {path} was made for another architecture")
+    return basis_from_state(
+        {"kind": meta["kind"], "numbers": json.loads(meta.get("numbers", "{}")), "tensors": tensors}
+    )
