@@ -1,0 +1,7 @@
+"""Subspace optimisers, each a `torch.optim.Optimizer`; their mathematics in `functional`."""
+
+from .functional import armijo_accepts, bfgs_update
+from .pbfgs import PBFGS
+from .psgd import PSGD
+
+__all__ = ["PBFGS", "PSGD", "armijo_accepts", "bfgs_update"]
