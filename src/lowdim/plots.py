@@ -31,3 +31,31 @@ def plot_curves(history: list[dict], path: str | Path, *, title: str = "") -> No
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
+
+
+def plot_spectrum(ratios, path: str | Path, *, title: str = "") -> None:
+    """Explained-variance ratio of each principal direction (bars, log scale) and its
+    cumulative sum (line), saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios = [float(r) for r in ratios]
+    k = range(1, len(ratios) + 1)
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.bar(k, ratios, color="tab:blue", alpha=0.7, label="per component")
+    ax.set(xlabel="principal component", ylabel="explained variance ratio", yscale="log")
+    cum = ax.twinx()
+    total, running = 0.0, []
+    for r in ratios:
+        total += r
+        running.append(total)
+    cum.plot(k, running, color="tab:red", marker=".", label="cumulative")
+    cum.set(ylabel="cumulative", ylim=(0, 1.02))
+    fig.legend(loc="center right")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)

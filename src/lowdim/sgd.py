@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch
 
 from .data import Data, load_dataset
 from .errors import LowdimError
-from .io import save_tensors
+from .io import load_tensors, save_tensors
 from .models import build_model
 from .params import FlatParams
 from .plots import plot_curves
@@ -56,6 +57,7 @@ class SGDConfig:
     download: bool = False
     device: str | None = None
     tensorboard: bool = False
+    init_from: str | None = None
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -83,10 +85,37 @@ def check_config(cfg: SGDConfig) -> None:
 
 
 def model_for(cfg: SGDConfig, data: Data, device: torch.device) -> torch.nn.Module:
-    """The run's model, initialised from `cfg.seed`, on `device`."""
+    """The run's model, initialised from `cfg.seed` (or loaded from `cfg.init_from`), on
+    `device`."""
     options = {"hidden": tuple(cfg.hidden)} if cfg.hidden else {}
     torch.manual_seed(cfg.seed)
-    return build_model(cfg.arch, data.input_shape, data.num_classes, **options).to(device)
+    model = build_model(cfg.arch, data.input_shape, data.num_classes, **options)
+    if cfg.init_from:
+        load_weights(model, cfg.init_from)
+    return model.to(device)
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a `model.safetensors` (or the one in a run folder) into `model`, strictly."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise LowdimError(f"--init-from {path}: no such file (give a model.safetensors or a run)")
+    try:
+        state = load_tensors(path)
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise LowdimError(f"--init-from {path} is not a safetensors file ({e})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise LowdimError(f"--init-from {path} does not fit --arch: {first}") from None
+
+
+def labels_digest(labels: torch.Tensor) -> str:
+    """sha256 of the training labels, so later stages can check they see the same noisy ones."""
+    return hashlib.sha256(labels.cpu().numpy().tobytes()).hexdigest()
 
 
 def train_sgd(
@@ -172,6 +201,7 @@ def train_sgd(
         "effective_noise_rate": data.effective_noise_rate,
         "seed": cfg.seed,
         "device": str(device),
+        "train_labels_sha256": labels_digest(data.train.y),
     }
     run.write_summary(summary)
     return summary

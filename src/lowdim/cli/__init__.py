@@ -8,10 +8,10 @@ from __future__ import annotations
 import sys
 
 from ..errors import LowdimError
-from . import train_sgd
+from . import train_sgd, train_subspace
 from .common import Parser, normalise_option_names
 
-COMMANDS = (train_sgd,)
+COMMANDS = (train_sgd, train_subspace)
 
 
 def build_parser() -> Parser:

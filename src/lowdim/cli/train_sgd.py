@@ -47,6 +47,13 @@ def add_parser(sub) -> None:
         default=d.samples_per_epoch,
         help="snapshots per epoch, besides the one at initialisation (default: 1)",
     )
+    g.add_argument(
+        "--init-from",
+        default=None,
+        metavar="FILE",
+        help="start from these weights (a model.safetensors or a run folder) instead "
+        "of a fresh initialisation: improving a trained model",
+    )
     add_run_options(p)
     p.set_defaults(run=run)
 

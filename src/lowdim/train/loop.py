@@ -89,6 +89,7 @@ def fit(
     flat: FlatParams | None = None,
     trajectory_dir: str | Path | None = None,
     samples_per_epoch: int = 1,
+    accumulate: int = 1,
     loss_fn: LossFn = F.cross_entropy,
     progress: bool = True,
     tensorboard: bool = False,
@@ -99,8 +100,11 @@ def fit(
     """Train `model` for `epochs` epochs of `train` (a `lowdim.data.Split`), evaluating on `test`.
 
     Each step calls `optimizer.step(closure)`, where the closure zeroes the gradients in place,
-    runs forward and backward on the minibatch and returns the loss. The scheduler, if any, is
-    stepped once per epoch. Minibatch order is a pure function of (`seed`, epoch).
+    runs forward and backward on the minibatch and returns the loss; `closure(backward=False)`
+    only evaluates the loss (for line searches). With `accumulate=k`, a minibatch is k
+    consecutive batches of `batch_size`, their gradients accumulated (less memory, same step).
+    The scheduler, if any, is stepped once per epoch. Minibatch order is a pure function of
+    (`seed`, epoch).
 
     With `run_dir`, writes `metrics.jsonl` (one record per epoch) and a checkpoint at the end of
     every epoch (`run_dir/checkpoint/`); `resume=True` continues from that checkpoint, so a killed
@@ -114,6 +118,8 @@ def fit(
         raise LowdimError(f"--epochs must be >= 0, got {epochs}")
     if batch_size <= 0:
         raise LowdimError(f"--batch-size must be positive, got {batch_size}")
+    if accumulate < 1:
+        raise LowdimError(f"--accumulate must be >= 1, got {accumulate}")
     if samples_per_epoch < 1:
         raise LowdimError(f"--samples-per-epoch must be >= 1, got {samples_per_epoch}")
     if trajectory_dir is not None and flat is None:
@@ -145,36 +151,46 @@ def fit(
 
     started = time.perf_counter()
     step = done["step"]
-    num_batches = train.num_batches(batch_size)
-    marks = snapshot_steps(num_batches, samples_per_epoch)
+    num_steps = -(-train.num_batches(batch_size) // accumulate)
+    marks = snapshot_steps(num_steps, samples_per_epoch)
     model.train()
     for epoch in range(done["epoch"] + 1, epochs + 1):
         epoch_start = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
-        bar = progress_bar(num_batches, f"epoch {epoch}/{epochs}", progress)
+        bar = progress_bar(num_steps, f"epoch {epoch}/{epochs}", progress)
         batches = train.batches(batch_size, shuffle=True, seed=seed, epoch=epoch, device=device)
-        for i, (x, y) in enumerate(batches, start=1):
+        for i, micro in enumerate(_groups(batches, accumulate), start=1):
+            n = sum(len(y) for _, y in micro)
             first: list[tuple[Tensor, Tensor]] = []
 
-            def closure(x=x, y=y, first=first) -> Tensor:
-                optimizer.zero_grad(set_to_none=False)
-                out = model(x)
-                loss = loss_fn(out, y)
-                loss.backward()
-                if not first:  # the pre-step loss and logits, for the epoch's running metrics
-                    first.append((loss.detach(), out.detach()))
-                return loss
+            def closure(backward: bool = True, micro=micro, n=n, first=first) -> Tensor:
+                """The minibatch loss (mean over its n examples), with its gradient in the
+                parameters' .grad when `backward`; micro-batches accumulate."""
+                if backward:
+                    optimizer.zero_grad(set_to_none=False)
+                total = torch.zeros((), device=device)
+                stash = not first
+                for x, y in micro:
+                    with torch.set_grad_enabled(backward):
+                        out = model(x)
+                        loss = loss_fn(out, y) * (len(y) / n)
+                    if backward:
+                        loss.backward()
+                    total += loss.detach()
+                    if stash:  # the pre-step loss and hits, for the epoch's running metrics
+                        first.append((loss.detach() * n, (out.detach().argmax(1) == y).sum()))
+                return total
 
             optimizer.step(closure)
-            loss, out = first[0]
-            loss_sum += loss.double() * len(y)
-            correct += (out.argmax(1) == y).sum()
-            seen += len(y)
+            for loss_part, hits in first:
+                loss_sum += loss_part.double()
+                correct += hits
+            seen += n
             step += 1
             if recorder is not None and i in marks:
-                recorder.append(flat.data, epoch=epoch - 1 + i / num_batches, step=step)
+                recorder.append(flat.data, epoch=epoch - 1 + i / num_steps, step=step)
             bar.update(1)
         bar.close()
         if scheduler is not None:
@@ -240,6 +256,18 @@ def fit(
         snapshots=len(recorder) if recorder is not None else 0,
         history=history,
     )
+
+
+def _groups(batches, size: int):
+    """Consecutive batches in lists of `size` (the last list may be shorter)."""
+    group = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _stderr(line: str) -> None:

@@ -1,0 +1,143 @@
+"""`lowdim train-psgd` and `lowdim train-pbfgs`: DLDR's subspace training on a train-sgd run."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from ..dldr import DEFAULTS, SubspaceConfig, train_in_subspace
+from .common import int_list, print_result
+
+HELP = {
+    "psgd": "train in the PCA subspace of a train-sgd run's trajectory with projected SGD",
+    "pbfgs": "train in the PCA subspace of a train-sgd run's trajectory with projected BFGS",
+}
+
+
+def add_parser(sub) -> None:
+    for method in ("psgd", "pbfgs"):
+        _add(sub, method)
+
+
+def _add(sub, method: str) -> None:
+    d, m = SubspaceConfig(), DEFAULTS[method]
+    p = sub.add_parser(f"train-{method}", help=HELP[method], description=HELP[method])
+    p.add_argument(
+        "--save-dir",
+        required=True,
+        metavar="DIR",
+        help=f"the train-sgd run; results go to DIR/{method}/ (or DIR/NAME/)",
+    )
+    p.add_argument("--name", default=None, help=f"this run's folder inside DIR (default: {method})")
+    g = p.add_argument_group("subspace")
+    g.add_argument(
+        "--params-start",
+        type=int,
+        default=d.params_start,
+        help="first snapshot of the window, and the starting point (default: 0)",
+    )
+    g.add_argument(
+        "--params-end",
+        type=int,
+        default=None,
+        help="end of the window, exclusive (default: all snapshots)",
+    )
+    g.add_argument("--params-stride", type=int, default=d.params_stride, help="(default: 1)")
+    g.add_argument(
+        "--n-components",
+        type=int,
+        default=d.n_components,
+        help=f"subspace dimension d (default: {d.n_components})",
+    )
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=None, help=f"(default: {m['epochs']})")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"(default: {m['batch_size']}"
+        + (", at most an eighth of the training set)" if method == "pbfgs" else ")"),
+    )
+    g.add_argument(
+        "--accumulate",
+        type=int,
+        default=1,
+        help="accumulate gradients over this many batches per step (default: 1)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed of the minibatch order (default: 0)")
+    g.add_argument(
+        "--no-bn-recompute",
+        dest="bn_recompute",
+        action="store_false",
+        help="keep BatchNorm statistics as training left them (default: recompute "
+        "them over the training data at the start and the end)",
+    )
+    if method == "psgd":
+        g.add_argument("--lr", type=float, default=None, help=f"(default: {m['lr']})")
+        g.add_argument("--momentum", type=float, default=d.momentum, help="(default: 0.9)")
+        g.add_argument(
+            "--weight-decay",
+            type=float,
+            default=d.weight_decay,
+            help="L2 on the weights, projected into the subspace (default: 0)",
+        )
+        g.add_argument(
+            "--lr-milestones",
+            type=int_list,
+            default=None,
+            metavar="E1,E2",
+            help="epochs after which lr x0.1 (default: at 75%% of --epochs)",
+        )
+    else:
+        g.add_argument(
+            "--lr",
+            type=float,
+            default=None,
+            help=f"first trial step of the line search (default: {m['lr']})",
+        )
+        g.add_argument(
+            "--sigma", type=float, default=d.sigma, help="Armijo constant (default: 0.4)"
+        )
+        g.add_argument(
+            "--shrink",
+            type=float,
+            default=d.shrink,
+            help="step factor between trials (default: 0.4)",
+        )
+        g.add_argument("--max-tries", type=int, default=d.max_tries, help="(default: 20)")
+        g.add_argument(
+            "--reset-every-epoch",
+            action="store_true",
+            help="reset the inverse Hessian to the identity at each epoch",
+        )
+        g.add_argument(
+            "--residual-alpha",
+            type=float,
+            default=d.residual_alpha,
+            help="residual momentum step on the out-of-subspace gradient (default: 0)",
+        )
+        g.add_argument(
+            "--residual-gamma",
+            type=float,
+            default=d.residual_gamma,
+            help="residual momentum decay (default: 0.9)",
+        )
+    g = p.add_argument_group("run")
+    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    g.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)"
+    )
+    g.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars")
+    p.set_defaults(run=run, method=method)
+
+
+def run(args: argparse.Namespace) -> None:
+    given = {f.name: getattr(args, f.name) for f in fields(SubspaceConfig) if hasattr(args, f.name)}
+    summary = train_in_subspace(
+        args.save_dir,
+        SubspaceConfig(**given),
+        resume=args.resume,
+        progress=not args.quiet,
+        name=args.name,
+    )
+    print_result(summary, f"{args.save_dir}/{args.name or args.method}")

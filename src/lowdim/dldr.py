@@ -1,0 +1,263 @@
+"""DLDR stages 2 and 3: the PCA subspace of a recorded trajectory, and training inside it.
+
+`train_in_subspace(sgd_dir, SubspaceConfig(method="pbfgs", ...))` is what `lowdim train-psgd`
+and `lowdim train-pbfgs` run. It reads a `train-sgd` run, extracts the basis from the snapshot
+window [params_start, params_end) with the given stride, starts from the snapshot at
+params_start (the paper trains from the initialisation), and trains with P-SGD or P-BFGS on
+exactly the (possibly noisy) labels of that run. It writes into `<sgd_dir>/<method>/`:
+
+    config.json, metrics.jsonl, checkpoint/   as for train-sgd
+    basis.safetensors                         the PCA basis (directions, anchor, spectrum)
+    spectrum.png                              explained variance per component
+    model.safetensors, curves.png, summary.json
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .bases import PCABasis, load_basis, trajectory_pca
+from .data import load_dataset
+from .errors import LowdimError
+from .io import save_tensors
+from .optim import PBFGS, PSGD
+from .params import FlatParams
+from .plots import plot_curves, plot_spectrum
+from .rundir import CONFIG, SUMMARY, RunDir
+from .sgd import SGDConfig, labels_digest, model_for, resolve_device
+from .train import build_schedule, evaluate, fit
+from .train.bn import recompute_batchnorm
+from .trajectory import Trajectory
+
+METHODS = ("psgd", "pbfgs")
+# The paper's settings on CIFAR: P-SGD lr 1, batch 128, 40 epochs, lr x0.1 at 75%;
+# P-BFGS batch 1024, 20 epochs, first trial step 1.
+DEFAULTS = {
+    "psgd": {"lr": 1.0, "batch_size": 128, "epochs": 40},
+    "pbfgs": {"lr": 1.0, "batch_size": 1024, "epochs": 20},
+}
+
+
+@dataclass
+class SubspaceConfig:
+    """Options of a subspace run; None means the method's default (see `resolved`).
+
+    Window: snapshots params_start, params_start + params_stride, ... < params_end (default:
+    to the end of the trajectory). P-BFGS's batch size defaults to 1024, capped at an eighth of
+    the training set so that an epoch has at least eight steps on small data.
+    """
+
+    method: str = "pbfgs"
+    params_start: int = 0
+    params_end: int | None = None
+    params_stride: int = 1
+    n_components: int = 40
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_milestones: list[int] | None = None
+    sigma: float = 0.4
+    shrink: float = 0.4
+    max_tries: int = 20
+    reset_every_epoch: bool = False
+    residual_alpha: float = 0.0
+    residual_gamma: float = 0.9
+    accumulate: int = 1
+    bn_recompute: bool = True
+    seed: int = 0
+    device: str | None = None
+
+    def resolved(self, num_train: int) -> SubspaceConfig:
+        """A copy with every None replaced by the method's default."""
+        if self.method not in METHODS:
+            raise LowdimError(f"unknown subspace method {self.method!r}; choose one of {METHODS}")
+        d = DEFAULTS[self.method]
+        out = SubspaceConfig(**asdict(self))
+        out.epochs = d["epochs"] if self.epochs is None else self.epochs
+        out.lr = d["lr"] if self.lr is None else self.lr
+        if self.batch_size is None:
+            out.batch_size = d["batch_size"]
+            if self.method == "pbfgs":
+                out.batch_size = max(1, min(d["batch_size"], num_train // 8))
+        if self.lr_milestones is None:
+            out.lr_milestones = [round(0.75 * out.epochs)] if self.method == "psgd" else []
+            out.lr_milestones = [m for m in out.lr_milestones if 0 < m < out.epochs]
+        return out
+
+
+def read_sgd_run(sgd_dir: Path) -> tuple[SGDConfig, dict]:
+    """The config and summary of a finished train-sgd run, or a clear error."""
+    if not (sgd_dir / CONFIG).exists():
+        raise LowdimError(f"--save-dir {sgd_dir} holds no train-sgd run (no {CONFIG})")
+    if not (sgd_dir / SUMMARY).exists():
+        raise LowdimError(
+            f"the train-sgd run in {sgd_dir} has not finished; finish it with --resume first"
+        )
+    raw = json.loads((sgd_dir / CONFIG).read_text())
+    fields = set(SGDConfig.__dataclass_fields__)
+    cfg = SGDConfig(**{k: v for k, v in raw.items() if k in fields})
+    return cfg, json.loads((sgd_dir / SUMMARY).read_text())
+
+
+def extract_basis(trajectory: Trajectory, cfg: SubspaceConfig) -> PCABasis:
+    return trajectory_pca(
+        trajectory,
+        cfg.n_components,
+        start=cfg.params_start,
+        end=cfg.params_end,
+        stride=cfg.params_stride,
+    )
+
+
+def train_in_subspace(
+    sgd_dir: str | Path,
+    cfg: SubspaceConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    name: str | None = None,
+) -> dict:
+    """Run DLDR's stages 2 and 3 on the train-sgd run in `sgd_dir`; return the summary.
+
+    Results go to `sgd_dir/<name>/` (default name: the method), so one trajectory can serve
+    several subspace runs."""
+    sgd_dir = Path(sgd_dir)
+    sgd_cfg, sgd_summary = read_sgd_run(sgd_dir)
+    sgd_cfg.device = cfg.device
+    device = resolve_device(cfg.device)
+    data = load_dataset(
+        sgd_cfg.dataset, data_dir=sgd_cfg.data_dir, corrupt=sgd_cfg.corrupt, seed=sgd_cfg.seed
+    )
+    if labels_digest(data.train.y) != sgd_summary.get("train_labels_sha256"):
+        raise LowdimError(
+            f"the training labels of {sgd_cfg.dataset} differ from those the run in {sgd_dir} "
+            "trained on (another copy of the data?)"
+        )
+    cfg = cfg.resolved(len(data.train))
+    for option in ("epochs", "batch_size", "accumulate"):
+        if getattr(cfg, option) < 1:
+            value = getattr(cfg, option)
+            raise LowdimError(f"--{option.replace('_', '-')} must be >= 1, got {value}")
+    model = model_for(sgd_cfg, data, device)
+    flat = FlatParams(model)
+    trajectory = Trajectory(sgd_dir / "trajectory")
+    if trajectory.layout != flat.layout():
+        raise LowdimError(f"the trajectory in {sgd_dir} was recorded for another architecture")
+
+    # Check the window and the component count before anything is written.
+    window = trajectory.window(cfg.params_start, cfg.params_end, cfg.params_stride)
+    if not 1 <= cfg.n_components <= len(window) - 1:
+        raise LowdimError(
+            f"--n-components {cfg.n_components} is not possible with the {len(window)} snapshots "
+            f"of the window: centred PCA gives between 1 and {len(window) - 1} components"
+        )
+    run = RunDir(sgd_dir / (name or cfg.method), asdict(cfg), resume=resume)
+    if run.finished:
+        return run.read_summary()
+    started = time.perf_counter()
+    basis_file = run.path / "basis.safetensors"
+    if run.resumed and basis_file.exists():
+        basis = load_basis(basis_file, layout=flat.layout())
+    else:
+        basis = extract_basis(trajectory, cfg)
+    pca_seconds = time.perf_counter() - started
+    run.start()
+    basis.save(basis_file, layout=flat.layout())
+    plot_spectrum(
+        basis.explained_variance_ratio,
+        run.path / "spectrum.png",
+        title=f"PCA of snapshots {cfg.params_start}..{basis.window[1] - 1}",
+    )
+    basis = basis.to(device)
+
+    flat.set(basis.anchor.to(flat.data.dtype))
+    train, test = data.train.to(device), data.test.to(device)
+    if cfg.bn_recompute and not run.resumed:
+        recompute_batchnorm(model, train, device=device)
+    optimizer, extra = _optimizer(cfg, flat, basis, model, train)
+    scheduler = build_schedule(
+        "multistep", optimizer, epochs=cfg.epochs, milestones=cfg.lr_milestones
+    )
+    result = fit(
+        model,
+        optimizer,
+        train,
+        test,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        scheduler=scheduler,
+        device=device,
+        run_dir=run.path,
+        resume=run.resumed,
+        accumulate=cfg.accumulate,
+        progress=progress,
+        extra_metrics=extra,
+    )
+    test_loss, test_acc = result.test_loss, result.test_acc
+    if cfg.bn_recompute and recompute_batchnorm(model, train, device=device):
+        test_loss, test_acc = evaluate(model, test, device=device)
+    save_tensors(
+        run.path / "model.safetensors",
+        model.state_dict(),
+        metadata={"arch": sgd_cfg.arch, "dataset": sgd_cfg.dataset},
+    )
+    plot_curves(
+        result.history,
+        run.path / "curves.png",
+        title=f"{cfg.method} in {basis.dim} dimensions: {sgd_cfg.arch} on {sgd_cfg.dataset}",
+    )
+    summary = {
+        "method": cfg.method,
+        "dataset": sgd_cfg.dataset,
+        "arch": sgd_cfg.arch,
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "train_acc": result.train_acc,
+        "train_loss": result.train_loss,
+        "epochs": cfg.epochs,
+        "wall_seconds": pca_seconds + result.wall_seconds,
+        "pca_seconds": pca_seconds,
+        "num_params": flat.numel,
+        "subspace_dim": basis.dim,
+        "snapshots": len(range(*basis.window)),
+        "window": list(basis.window),
+        "explained_variance": float(basis.explained_variance_ratio.sum()),
+        "corrupt": sgd_cfg.corrupt,
+        "effective_noise_rate": data.effective_noise_rate,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "sgd_test_acc": sgd_summary["test_acc"],
+        "sgd_wall_seconds": sgd_summary["wall_seconds"],
+        "device": str(device),
+    }
+    if isinstance(optimizer, PBFGS):
+        summary.update(optimizer.counters())
+    run.write_summary(summary)
+    return summary
+
+
+def _optimizer(cfg: SubspaceConfig, flat: FlatParams, basis: PCABasis, model, train):
+    if cfg.method == "psgd":
+        return PSGD(
+            flat, basis, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        ), None
+    steps_per_epoch = -(-train.num_batches(cfg.batch_size) // cfg.accumulate)
+    opt = PBFGS(
+        flat,
+        basis,
+        lr=cfg.lr,
+        sigma=cfg.sigma,
+        shrink=cfg.shrink,
+        max_tries=cfg.max_tries,
+        reset_every=steps_per_epoch if cfg.reset_every_epoch else 0,
+        residual_alpha=cfg.residual_alpha,
+        residual_gamma=cfg.residual_gamma,
+        module=model,
+    )
+    return opt, opt.counters
