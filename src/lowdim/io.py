@@ -56,5 +56,10 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
 def load_tensors(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> dict[str, torch.Tensor]:
-    """Load a safetensors file (no code runs, unlike a pickle)."""
-    return load_file(str(path), device=str(device))
+    """Load a safetensors file (no code runs, unlike a pickle).
+
+    Each tensor is cloned into memory of torch's own: safetensors places them at the file's byte
+    offsets, and BLAS reductions over a misaligned tensor can round differently, which would
+    break bit-exact resume.
+    """
+    return {k: v.clone() for k, v in load_file(str(path), device=str(device)).items()}

@@ -118,7 +118,8 @@ def load_basis(
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            # cloned: aligned memory of torch's own, as in lowdim.io.load_tensors
+            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise LowdimError(f"cannot read the basis file {path}: {e}") from None
     if "kind" not in meta:
