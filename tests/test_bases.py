@@ -60,7 +60,6 @@ def test_pca_blocks_and_memory_map_give_the_same_basis(tmp_path, monkeypatch):
     import lowdim.bases.pca as pca
 
     monkeypatch.setattr(pca, "BLOCK_BYTES", 8 * 4 * 100)  # blocks of 100 columns
-    monkeypatch.setattr(pca, "KEEP_BYTES", 0)  # and read twice from the memory map
     blocked = trajectory_pca(Trajectory(tmp_path), 3, start=2, end=12, stride=3)
     assert blocked.window == (2, 12, 3)
     assert torch.allclose(blocked.rows, whole.rows, atol=1e-6)

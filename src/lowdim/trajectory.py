@@ -148,10 +148,12 @@ class Trajectory:
         return len(self.entries)
 
     def _memmap(self) -> np.memmap:
+        # Copy-on-write: writable in memory (so torch can view it without a copy), never
+        # written back to the file.
         return np.memmap(
             self.path / DATA_FILE,
             dtype=self._np_dtype,
-            mode="r",
+            mode="c",
             shape=(len(self.entries), self.num_params),
         )
 
@@ -167,7 +169,8 @@ class Trajectory:
         return range(start, end, stride)
 
     def window(self, start: int = 0, end: int | None = None, stride: int = 1) -> np.ndarray:
-        """Rows start, start+stride, ... < end as a read-only memory map (nothing is loaded)."""
+        """Rows start, start+stride, ... < end as a memory map (nothing is loaded; changes to it
+        stay in memory and never reach the file)."""
         rows = self._check_window(start, end, stride)
         return self._memmap()[rows.start : rows.stop : rows.step]
 

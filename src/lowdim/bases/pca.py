@@ -21,10 +21,9 @@ from ..errors import LowdimError
 from ..trajectory import Trajectory
 from .dense import DenseBasis
 
-# Column blocks of about this many bytes (float64) are read, centred and multiplied at a time;
-# below KEEP_BYTES the centred blocks stay in memory for the second pass instead of being re-read.
-BLOCK_BYTES = 64 << 20
-KEEP_BYTES = 1 << 30
+# Column blocks of about this many bytes (as float64) are read, centred and multiplied at a
+# time: small enough to stay in cache, so the buffers are reused rather than re-allocated.
+BLOCK_BYTES = 2 << 20
 
 
 class PCABasis(DenseBasis):
@@ -82,11 +81,11 @@ class PCABasis(DenseBasis):
 
 
 def _column_blocks(matrix, block_cols: int):
-    """(first column, centred float64 block, the block's column means), block by block."""
+    """(first column, the block as a tensor) over the columns of a (t, D) array; a view, no
+    copy, unless the array is read-only."""
     for j in range(0, matrix.shape[1], block_cols):
-        block = torch.from_numpy(np.asarray(matrix[:, j : j + block_cols], dtype=np.float64))
-        mean = block.mean(0)
-        yield j, block.sub_(mean), mean
+        view = matrix[:, j : j + block_cols]
+        yield j, torch.from_numpy(view if view.flags.writeable else np.array(view))
 
 
 def pca_of_rows(
@@ -99,8 +98,8 @@ def pca_of_rows(
     """The top `n_components` principal directions of the rows of `matrix` (t x D).
 
     `matrix` is anything sliceable by columns into arrays: a numpy array or memory map (read a
-    block at a time), or a CPU tensor. The rows of the result are stored in `dtype` (default
-    float32); everything before that runs in float64.
+    block at a time), or a CPU tensor. The Gram matrix and its eigendecomposition run in
+    float64; the directions are formed in float32 and stored in `dtype` (default float32).
     """
     if isinstance(matrix, Tensor):
         matrix = matrix.detach().cpu().numpy()
@@ -110,16 +109,25 @@ def pca_of_rows(
             f"--n-components {n_components} is not possible with {t} snapshots: "
             f"centred PCA of t snapshots gives at most t - 1 = {t - 1} components"
         )
-    block_cols = max(1, BLOCK_BYTES // (8 * t))
-    keep = t * num_params * 8 <= KEEP_BYTES
-    kept: list[tuple[int, Tensor, Tensor]] = []
-    gram = torch.zeros(t, t, dtype=torch.float64)
+    block_cols = max(1, min(num_params, BLOCK_BYTES // (8 * t)))
+    gram = torch.empty(t, t, dtype=torch.float64)
     mean = torch.empty(num_params, dtype=torch.float32)
-    for j, block, block_mean in _column_blocks(matrix, block_cols):
-        gram.addmm_(block, block.t())
+    buf = torch.empty(t, block_cols, dtype=torch.float64)  # reused: no page faults per block
+    # G is symmetric: with the rows split in halves a and b, G_aa, G_ba and G_bb are enough,
+    # a quarter less work than the full product.
+    h = t // 2
+    g_aa, g_ba, g_bb = (
+        torch.zeros(m, n, dtype=torch.float64) for m, n in ((h, h), (t - h, h), (t - h, t - h))
+    )
+    for j, block in _column_blocks(matrix, block_cols):
+        block_mean = block.mean(0, dtype=torch.float64)
+        centred = torch.sub(block, block_mean, out=buf[:, : block.shape[1]])
+        a, b = centred[:h], centred[h:]
+        g_aa.addmm_(a, a.t())
+        g_ba.addmm_(b, a.t())
+        g_bb.addmm_(b, b.t())
         mean[j : j + block.shape[1]] = block_mean
-        if keep:
-            kept.append((j, block, block_mean))
+    gram[:h, :h], gram[h:, :h], gram[:h, h:], gram[h:, h:] = g_aa, g_ba, g_ba.t(), g_bb
     evals, evecs = torch.linalg.eigh(gram)  # ascending
     evals, evecs = evals.flip(0), evecs.flip(1)
     total = evals.clamp(min=0).sum()
@@ -136,10 +144,16 @@ def pca_of_rows(
     u = evecs[:, :n_components]
     signs = u.gather(0, u.abs().argmax(0, keepdim=True)).sign()
     u = u * torch.where(signs == 0, 1.0, signs)
+    # v_i = X^T u_i / s_i, formed in float32 from the float32 snapshots centred by the float32
+    # mean: the mean's rounding error is the same in every row, and u_i is orthogonal to the
+    # all-ones vector (u_i is an eigenvector of a centred Gram matrix), so it cancels.
+    a = (u / s).t().float().contiguous()
     rows = torch.empty(n_components, num_params, dtype=dtype)
-    blocks = kept if keep else _column_blocks(matrix, block_cols)
-    for j, block, _ in blocks:
-        rows[:, j : j + block.shape[1]] = (u.t() @ block / s[:, None]).to(dtype)
+    centred32 = torch.empty(t, block_cols, dtype=torch.float32)
+    for j, block in _column_blocks(matrix, block_cols):
+        cols = slice(j, j + block.shape[1])
+        centred = torch.sub(block, mean[cols], out=centred32[:, : block.shape[1]])
+        rows[:, cols] = a @ centred
     return PCABasis(
         rows,
         anchor=torch.from_numpy(np.array(matrix[0], dtype=np.float32)),
