@@ -18,11 +18,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# DLDR end to end on the bundled digits: SGD with sampling, PCA, P-SGD and P-BFGS, then a table
+# and a figure (runs/demo/comparison.png).
 demo: $(STAMP)
 	rm -rf $(RUNS)/demo
-	$(VENV)/bin/lowdim train-sgd --dataset digits --arch mlp --epochs 15 --lr 0.05 \
-		--lr-milestones 10 --seed 0 --save-dir $(RUNS)/demo
-	@echo "run folder: $(RUNS)/demo (summary.json, metrics.jsonl, curves.png, trajectory/)"
+	$(VENV)/bin/lowdim train-sgd --dataset digits --arch mlp --epochs 15 --quiet --save-dir $(RUNS)/demo
+	$(VENV)/bin/lowdim train-psgd --save-dir $(RUNS)/demo --params-end 16 --n-components 10 \
+		--epochs 10 --lr 0.3 --quiet
+	$(VENV)/bin/lowdim train-pbfgs --save-dir $(RUNS)/demo --params-end 16 --n-components 10 \
+		--epochs 10 --batch-size 256 --quiet
+	$(VENV)/bin/lowdim report --save-dir $(RUNS)/demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT)

@@ -10,8 +10,11 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "the README has no Python example"
     monkeypatch.chdir(tmp_path)
+    namespace: dict = {}  # the blocks build on each other, as a reader runs them
     for block in blocks:
-        exec(compile(block, str(README), "exec"), {})
+        exec(compile(block, str(README), "exec"), namespace)
     out = capsys.readouterr().out
     assert "6 (6, 55210)" in out
+    loss, acc = namespace["lowdim"].evaluate(namespace["model"], namespace["data"].test)
+    assert acc > 0.9  # P-BFGS in 5 dimensions, from the initialisation
     assert (tmp_path / "runs" / "mine" / "trajectory" / "manifest.json").exists()

@@ -1,18 +1,31 @@
 """lowdim: train neural networks in tiny subspaces, theta = anchor + P c.
 
-The public API, re-exported: datasets, the model zoo, flat parameter views, trajectory recording
-and the training loop.
+The public API, re-exported: datasets, the model zoo, flat parameter views, trajectory recording,
+the training loop, bases and the subspace optimisers.
 """
 
+from .bases import Basis, DenseBasis, PCABasis, load_basis, pca_of_rows, trajectory_pca
 from .data import DATASETS, Data, Split, corrupt_labels, load_dataset
+from .dldr import SubspaceConfig, train_in_subspace
 from .errors import LowdimError
 from .models import available_archs, build_model, register_model
+from .optim import PBFGS, PSGD
 from .params import FlatParams, ParamSpec
 from .sgd import SGDConfig, train_sgd
 from .train import build_optimizer, build_schedule, evaluate, fit
 from .trajectory import Trajectory, TrajectoryRecorder
 
 __all__ = [
+    "Basis",
+    "DenseBasis",
+    "PBFGS",
+    "PCABasis",
+    "PSGD",
+    "SubspaceConfig",
+    "load_basis",
+    "pca_of_rows",
+    "train_in_subspace",
+    "trajectory_pca",
     "DATASETS",
     "Data",
     "FlatParams",

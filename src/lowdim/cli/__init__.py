@@ -8,10 +8,10 @@ from __future__ import annotations
 import sys
 
 from ..errors import LowdimError
-from . import train_sgd, train_subspace
+from . import report, train_sgd, train_subspace
 from .common import Parser, normalise_option_names
 
-COMMANDS = (train_sgd, train_subspace)
+COMMANDS = (train_sgd, train_subspace, report)
 
 
 def build_parser() -> Parser:

@@ -84,21 +84,27 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
+    """--seed, --save-dir, --tensorboard, and the session options."""
     g = p.add_argument_group("run")
     g.add_argument(
         "--seed", type=int, default=0, help="seed of the weights, data order and label noise"
     )
     g.add_argument("--save-dir", required=True, metavar="DIR", help="folder for this run's files")
+    g.add_argument("--tensorboard", action="store_true", help="also log to <save-dir>/tensorboard")
+    add_session_options(g)
+
+
+def add_session_options(g) -> None:
+    """--resume, --device, --quiet: how a run is carried out, not what it computes."""
     g.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --save-dir from its last checkpoint (starts it if none)",
+        help="continue the run from its last checkpoint (starts it if there is none)",
     )
     g.add_argument(
         "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)"
     )
     g.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars")
-    g.add_argument("--tensorboard", action="store_true", help="also log to <save-dir>/tensorboard")
 
 
 def print_result(summary: dict, save_dir: str) -> None:

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import fields
 
 from ..dldr import DEFAULTS, SubspaceConfig, train_in_subspace
-from .common import int_list, print_result
+from .common import add_session_options, int_list, print_result
 
 HELP = {
     "psgd": "train in the PCA subspace of a train-sgd run's trajectory with projected SGD",
@@ -122,12 +122,7 @@ def _add(sub, method: str) -> None:
             default=d.residual_gamma,
             help="residual momentum decay (default: 0.9)",
         )
-    g = p.add_argument_group("run")
-    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    g.add_argument(
-        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)"
-    )
-    g.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars")
+    add_session_options(p.add_argument_group("run"))
     p.set_defaults(run=run, method=method)
 
 
