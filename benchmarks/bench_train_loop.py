@@ -80,7 +80,7 @@ def lowdim_epoch(data: Data) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     data = mnist_shaped()
     minimal_epoch(data), lowdim_epoch(data)  # warm-up
