@@ -100,6 +100,25 @@ class Basis(ABC):
         save_tensors(path, self.tensors(), metadata=meta)
 
 
+class _Expand(torch.autograd.Function):
+    """P c with the gradient P^T g: any basis becomes differentiable through its two products,
+    with no autograd graph over its internals."""
+
+    @staticmethod
+    def forward(ctx, c: Tensor, basis: Basis) -> Tensor:
+        ctx.basis = basis
+        return basis.expand(c)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return ctx.basis.project(grad), None
+
+
+def expand_differentiable(basis: Basis, c: Tensor) -> Tensor:
+    """P c, differentiable with respect to c (its gradient is P^T of the incoming gradient)."""
+    return _Expand.apply(c, basis)
+
+
 def basis_from_state(state: dict) -> Basis:
     """The inverse of `Basis.state_dict()`."""
     kind = state["kind"]
