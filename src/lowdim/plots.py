@@ -59,3 +59,34 @@ def plot_spectrum(ratios, path: str | Path, *, title: str = "") -> None:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
+
+
+def plot_intrinsic(summary: dict, path: str | Path) -> None:
+    """Test accuracy against d (log axis): each (d, seed) point, the mean per d, the baseline
+    and the 90% line, with d_int90 marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    rows = summary["rows"]
+    ax.scatter(
+        [r["dim"] for r in rows], [r["test_acc"] for r in rows], s=12, alpha=0.5, label="one seed"
+    )
+    dims = sorted(int(d) for d in summary["mean_acc"])
+    ax.plot(dims, [summary["mean_acc"][str(d)] for d in dims], marker="o", label="mean")
+    ax.axhline(summary["baseline_acc"], color="k", lw=1, label="direct training")
+    ax.axhline(summary["threshold"], color="tab:red", ls="--", lw=1, label="90% of direct")
+    if summary["d_int90"]:
+        ax.axvline(summary["d_int90"], color="tab:red", lw=1, alpha=0.5)
+        ax.set_title(
+            f"d_int90 = {summary['d_int90']} ({summary['arch']} on {summary['dataset']}, "
+            f"{summary['protocol']['projection']})"
+        )
+    ax.set(xscale="log", xlabel="subspace dimension d", ylabel="test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)

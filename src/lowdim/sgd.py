@@ -58,6 +58,7 @@ class SGDConfig:
     device: str | None = None
     tensorboard: bool = False
     init_from: str | None = None
+    beta2: float = 0.999
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -155,6 +156,7 @@ def train_sgd(
         lr=cfg.lr,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
+        betas=(0.9, cfg.beta2),
     )
     scheduler = build_schedule(
         cfg.schedule, optimizer, epochs=cfg.epochs, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma

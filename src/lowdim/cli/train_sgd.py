@@ -48,6 +48,9 @@ def add_parser(sub) -> None:
         help="snapshots per epoch, besides the one at initialisation (default: 1)",
     )
     g.add_argument(
+        "--beta2", type=float, default=d.beta2, help=f"Adam's beta2 (default: {d.beta2})"
+    )
+    g.add_argument(
         "--init-from",
         default=None,
         metavar="FILE",

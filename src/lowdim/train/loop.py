@@ -91,6 +91,7 @@ def fit(
     samples_per_epoch: int = 1,
     accumulate: int = 1,
     loss_fn: LossFn = F.cross_entropy,
+    regularizer: Callable[[], Tensor] | None = None,
     progress: bool = True,
     tensorboard: bool = False,
     eval_batch_size: int = 1000,
@@ -111,7 +112,9 @@ def fit(
     run, resumed, ends exactly as an uninterrupted one would on the same device. With
     `trajectory_dir` (and `flat`, the model's `FlatParams`), records a snapshot of the flat
     parameters at the start and `samples_per_epoch` times per epoch (default 1: after each epoch).
-    `extra_metrics()` is merged into each epoch's record (e.g. optimiser counters); `log`
+    `regularizer()`, if given, is added to each minibatch's loss after the forward pass (e.g.
+    an L2 penalty on the weights); the reported train loss leaves it out. `extra_metrics()` is
+    merged into each epoch's record (e.g. optimiser counters); `log`
     receives the one-line epoch summaries (default: print to stderr when `progress`).
     """
     if epochs < 0:
@@ -175,12 +178,15 @@ def fit(
                 for x, y in micro:
                     with torch.set_grad_enabled(backward):
                         out = model(x)
-                        loss = loss_fn(out, y) * (len(y) / n)
+                        data_loss = loss_fn(out, y) * (len(y) / n)
+                        loss = data_loss
+                        if regularizer is not None:
+                            loss = loss + regularizer() * (len(y) / n)
                     if backward:
                         loss.backward()
                     total += loss.detach()
-                    if stash:  # the pre-step loss and hits, for the epoch's running metrics
-                        first.append((loss.detach() * n, (out.detach().argmax(1) == y).sum()))
+                    if stash:  # the pre-step data loss and hits, for the running metrics
+                        first.append((data_loss.detach() * n, (out.detach().argmax(1) == y).sum()))
                 return total
 
             optimizer.step(closure)

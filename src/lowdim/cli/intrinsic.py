@@ -1,0 +1,127 @@
+"""`lowdim intrinsic-dim`, `lowdim compress` and `lowdim evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from dataclasses import fields
+from pathlib import Path
+
+from ..bases.random import RANDOM_KINDS
+from ..compress import load_subspace_model, read_meta
+from ..data import load_dataset
+from ..errors import LowdimError
+from ..intrinsic import IntrinsicConfig, measure_intrinsic_dim
+from ..train import evaluate
+from .common import add_session_options, int_list
+
+HELP = "measure the intrinsic dimension: the smallest random subspace reaching 90% accuracy"
+
+
+def add_parser(sub) -> None:
+    d = IntrinsicConfig()
+    p = sub.add_parser("intrinsic-dim", help=HELP, description=HELP)
+    p.add_argument("--dataset", default=d.dataset)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--arch", default=d.arch)
+    p.add_argument("--hidden", type=int_list, default=None, help="hidden widths of mlp")
+    p.add_argument(
+        "--projection",
+        default=d.projection,
+        help=f"one of: {', '.join(RANDOM_KINDS)} (default: {d.projection})",
+    )
+    p.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="one projection per layer, d split in proportion to layer sizes",
+    )
+    p.add_argument(
+        "--dims", type=int_list, default=[], metavar="D1,D2", help="subspace dimensions to train"
+    )
+    p.add_argument(
+        "--search",
+        action="store_true",
+        help="find d_int90 by doubling from --search-min, then bisection",
+    )
+    p.add_argument("--search-min", type=int, default=d.search_min)
+    p.add_argument("--search-max", type=int, default=None, help="(default: D)")
+    p.add_argument("--seeds", type=int, default=d.seeds, help="seeds per d (default: 1)")
+    p.add_argument("--seed", type=int, default=d.seed, help="first seed (default: 0)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"(default: {d.epochs})")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=d.lr,
+        help="Adam's lr for the subspace runs (default: 1e-3; 0.1 on small data)",
+    )
+    p.add_argument(
+        "--baseline-lr",
+        type=float,
+        default=d.baseline_lr,
+        help="Adam's lr for the direct baseline (default: 1e-3)",
+    )
+    p.add_argument("--beta2", type=float, default=d.beta2, help="(default: 0.99)")
+    p.add_argument(
+        "--l2",
+        type=float,
+        default=d.l2,
+        help="L2 on the full weights, 0.5 * l2 * ||theta||^2 (default: 1e-4)",
+    )
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: 128)")
+    p.add_argument("--save-dir", required=True)
+    add_session_options(p.add_argument_group("run"))
+    p.set_defaults(run=run)
+
+    p = sub.add_parser(
+        "compress",
+        help="write one trained point of an intrinsic-dim run as (architecture, seeds, d numbers)",
+    )
+    p.add_argument("--save-dir", required=True, help="the intrinsic-dim run")
+    p.add_argument("--dim", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="the compressed file to write")
+    p.set_defaults(run=run_compress)
+
+    p = sub.add_parser("evaluate", help="rebuild a compressed model and evaluate it")
+    p.add_argument("file")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=run_evaluate)
+
+
+def run(args: argparse.Namespace) -> None:
+    given = {
+        f.name: getattr(args, f.name) for f in fields(IntrinsicConfig) if hasattr(args, f.name)
+    }
+    summary = measure_intrinsic_dim(
+        IntrinsicConfig(**given), args.save_dir, resume=args.resume, progress=not args.quiet
+    )
+    print(
+        f"intrinsic-dim: {summary['arch']} on {summary['dataset']}, "
+        f"{summary['protocol']['projection']}: baseline {summary['baseline_acc']:.4f}, "
+        f"d_int90 = {summary['d_int90']}  -> {args.save_dir}"
+    )
+
+
+def run_compress(args: argparse.Namespace) -> None:
+    src = Path(args.save_dir) / "points" / f"d{args.dim}-s{args.seed}" / "subspace.safetensors"
+    if not src.exists():
+        raise LowdimError(f"no trained point d={args.dim}, seed={args.seed} in {args.save_dir}")
+    read_meta(src)
+    shutil.copyfile(src, args.out)
+    full = (Path(args.save_dir) / "baseline" / "model.safetensors").stat().st_size
+    size = Path(args.out).stat().st_size
+    print(
+        f"compressed: {size:,} bytes against {full:,} bytes for the full model.safetensors "
+        f"({full / size:.0f}x smaller) -> {args.out}"
+    )
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    model, meta = load_subspace_model(args.file, device=args.device)
+    data = load_dataset(meta["dataset"], data_dir=args.data_dir)
+    loss, acc = evaluate(model, data.test.to(args.device), device=args.device)
+    print(
+        f"evaluate: {meta['arch']} on {meta['dataset']}: test_acc {acc:.4f}  "
+        f"test_loss {loss:.4f}  (when saved: {meta['test_acc']})"
+    )
