@@ -17,4 +17,6 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
     assert "6 (6, 55210)" in out
     loss, acc = namespace["lowdim"].evaluate(namespace["model"], namespace["data"].test)
     assert acc > 0.9  # P-BFGS in 5 dimensions, from the initialisation
+    _, sub_acc = namespace["lowdim"].evaluate(namespace["sub"], namespace["data"].test)
+    assert sub_acc > 0.5  # 200 random Fastfood directions, 5 epochs
     assert (tmp_path / "runs" / "mine" / "trajectory" / "manifest.json").exists()

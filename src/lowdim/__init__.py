@@ -1,21 +1,41 @@
 """lowdim: train neural networks in tiny subspaces, theta = anchor + P c.
 
 The public API, re-exported: datasets, the model zoo, flat parameter views, trajectory recording,
-the training loop, bases and the subspace optimisers.
+the training loop, bases, the subspace optimisers, the reparametrisation wrapper and the
+intrinsic-dimension sweep.
 """
 
-from .bases import Basis, DenseBasis, PCABasis, load_basis, pca_of_rows, trajectory_pca
+from .bases import (
+    Basis,
+    DenseBasis,
+    PCABasis,
+    load_basis,
+    pca_of_rows,
+    per_compartment_basis,
+    random_basis,
+    trajectory_pca,
+)
+from .compress import load_subspace_model, save_subspace_model
 from .data import DATASETS, Data, Split, corrupt_labels, load_dataset
 from .dldr import SubspaceConfig, train_in_subspace
 from .errors import LowdimError
+from .intrinsic import IntrinsicConfig, measure_intrinsic_dim
 from .models import available_archs, build_model, register_model
 from .optim import PBFGS, PSGD
 from .params import FlatParams, ParamSpec
 from .sgd import SGDConfig, train_sgd
+from .subspace_model import SubspaceModel
 from .train import build_optimizer, build_schedule, evaluate, fit
 from .trajectory import Trajectory, TrajectoryRecorder
 
 __all__ = [
+    "IntrinsicConfig",
+    "SubspaceModel",
+    "load_subspace_model",
+    "measure_intrinsic_dim",
+    "per_compartment_basis",
+    "random_basis",
+    "save_subspace_model",
     "Basis",
     "DenseBasis",
     "PBFGS",
