@@ -58,6 +58,9 @@ class SubspaceModel(nn.Module):
         for _, p in named:
             p.requires_grad_(False)
         self.basis = basis
+        # DistributedDataParallel broadcasts buffers before every forward; the anchor is D
+        # numbers that never change, so it is left out and a step exchanges only c's gradient.
+        self._ddp_params_and_buffers_to_ignore = ["anchor"]
         self.coords = nn.Parameter(torch.zeros(basis.dim, dtype=flat.dtype, device=flat.device))
         self._theta: Tensor | None = None
 
