@@ -143,3 +143,23 @@ def test_per_layer_dims_must_match_the_compartments():
     layout = FlatParams(build_model("mlp", (1, 8, 8), 10)).layout()
     with pytest.raises(LowdimError, match="3"):
         per_compartment_basis("dense", layout, [10, 10], seed=0)
+
+
+def test_small_data_rule_for_the_subspace_lr(tmp_path):
+    assert (
+        main(
+            [
+                "intrinsic-dim",
+                "--quiet",
+                "--dims",
+                "40",
+                "--epochs",
+                "1",
+                "--save-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    protocol = json.loads((tmp_path / "summary.json").read_text())["protocol"]
+    assert protocol["lr"] == 0.1 and protocol["baseline_lr"] == 1e-3  # 1,437 digits < 10,000

@@ -51,8 +51,9 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--lr",
         type=float,
-        default=d.lr,
-        help="Adam's lr for the subspace runs (default: 1e-3; 0.1 on small data)",
+        default=None,
+        help="Adam's lr for the subspace runs (default: 1e-3, or 0.1 on training sets "
+        "under 10,000 examples)",
     )
     p.add_argument(
         "--baseline-lr",
