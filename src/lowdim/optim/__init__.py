@@ -3,5 +3,6 @@
 from .functional import armijo_accepts, bfgs_update
 from .pbfgs import PBFGS
 from .psgd import PSGD
+from .rbd import RBD, directions
 
-__all__ = ["PBFGS", "PSGD", "armijo_accepts", "bfgs_update"]
+__all__ = ["PBFGS", "PSGD", "RBD", "armijo_accepts", "bfgs_update", "directions"]
