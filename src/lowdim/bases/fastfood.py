@@ -163,12 +163,6 @@ class FastfoodBasis(SeededBasis):
         return super().bytes_held() + self.factors.numel() * self.factors.element_size()
 
     @classmethod
-    def _assemble(cls, held: dict[str, Tensor], numbers: dict, store_tensors: bool):
-        basis = cls.__new__(cls)
-        basis._setup(held, numbers, store_tensors)
-        return basis
-
-    @classmethod
     def _generate(cls, numbers: dict):
         return cls(
             int(numbers["num_params"]),

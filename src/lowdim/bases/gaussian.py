@@ -88,7 +88,11 @@ class SeededBasis(Basis):
 
     @classmethod
     def _assemble(cls, held: dict[str, Tensor], numbers: dict, store_tensors: bool):
-        raise NotImplementedError
+        """An instance from held tensors without drawing anything: subclasses provide
+        `_setup(held, numbers, store_tensors)` (or override this)."""
+        basis = cls.__new__(cls)
+        basis._setup(held, numbers, store_tensors)
+        return basis
 
     @classmethod
     def _generate(cls, numbers: dict):

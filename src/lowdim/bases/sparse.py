@@ -201,12 +201,6 @@ class SparseBasis(SeededBasis):
         return sum(t.numel() * t.element_size() for t in parts)
 
     @classmethod
-    def _assemble(cls, held: dict[str, Tensor], numbers: dict, store_tensors: bool):
-        basis = cls.__new__(cls)
-        basis._setup(held, numbers, store_tensors)
-        return basis
-
-    @classmethod
     def _generate(cls, numbers: dict):
         return cls(
             int(numbers["num_params"]),
