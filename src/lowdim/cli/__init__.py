@@ -8,10 +8,10 @@ from __future__ import annotations
 import sys
 
 from ..errors import LowdimError
-from . import intrinsic, report, train_sgd, train_subspace
+from . import intrinsic, rbd, report, train_sgd, train_subspace
 from .common import Parser, normalise_option_names
 
-COMMANDS = (train_sgd, train_subspace, report, intrinsic)
+COMMANDS = (train_sgd, train_subspace, report, intrinsic, rbd)
 
 
 def build_parser() -> Parser:

@@ -1,0 +1,59 @@
+"""`lowdim rbd`: random bases descent (a fresh random subspace every step)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from ..optim.rbd import DISTRIBUTIONS, NORMALISATIONS
+from ..rbd import COMPARTMENT_RULES, RBDConfig, train_rbd
+from .common import add_session_options, int_list, print_result
+
+HELP = "train with random bases descent: d fresh random directions every step"
+
+
+def add_parser(sub) -> None:
+    d = RBDConfig()
+    p = sub.add_parser("rbd", help=HELP, description=HELP)
+    p.add_argument("--dataset", default=d.dataset)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--arch", default=d.arch, help=f"(default: {d.arch})")
+    p.add_argument("--hidden", type=int_list, default=None, help="hidden widths of mlp")
+    p.add_argument("--dim", type=int, default=d.dim, help=f"directions per step (default: {d.dim})")
+    p.add_argument(
+        "--compartments",
+        default=d.compartments,
+        help=f"one of: {', '.join(COMPARTMENT_RULES)} (default: none)",
+    )
+    p.add_argument(
+        "--distribution",
+        default=d.distribution,
+        help=f"one of: {', '.join(DISTRIBUTIONS)} (default: gaussian)",
+    )
+    p.add_argument(
+        "--normalise",
+        default=d.normalise,
+        help=f"one of: {', '.join(NORMALISATIONS)} (default: sqrt, i.e. / sqrt(D))",
+    )
+    p.add_argument(
+        "--fixed-basis",
+        action="store_true",
+        help="draw the basis once: the fixed random projection baseline",
+    )
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"(default: {d.epochs})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"(default: {d.lr})")
+    p.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})"
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--save-dir", required=True)
+    add_session_options(p.add_argument_group("run"))
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    given = {f.name: getattr(args, f.name) for f in fields(RBDConfig) if hasattr(args, f.name)}
+    summary = train_rbd(
+        RBDConfig(**given), args.save_dir, resume=args.resume, progress=not args.quiet
+    )
+    print_result(summary, args.save_dir)
