@@ -68,44 +68,21 @@ def projections() -> list[dict]:
     return rows
 
 
-def mnist_fc(mnist_dir: str) -> dict:
+def mnist_d_int90(arch: str, dims: list[int], mnist_dir: str) -> dict:
+    """d_int90 of `arch` on MNIST, Fastfood, 20 epochs, one seed, on the grid `dims`."""
     cfg = IntrinsicConfig(
         dataset="mnist",
-        arch="mlp",
+        arch=arch,
         data_dir=mnist_dir,
         projection="fastfood",
-        dims=[600, 750, 1000, 1500],
+        dims=dims,
         epochs=20,
         seeds=1,
     )
-    s = measure_intrinsic_dim(cfg, RUNS / "id-mnist-fc-fastfood", resume=True, progress=False)
-    return {
-        "baseline_acc": s["baseline_acc"],
-        "threshold": s["threshold"],
-        "mean_acc": s["mean_acc"],
-        "d_int90": s["d_int90"],
-        "protocol": s["protocol"],
-    }
-
-
-def mnist_lenet(mnist_dir: str) -> dict:
-    cfg = IntrinsicConfig(
-        dataset="mnist",
-        arch="lenet",
-        data_dir=mnist_dir,
-        projection="fastfood",
-        dims=[200, 290, 450],
-        epochs=20,
-        seeds=1,
-    )
-    s = measure_intrinsic_dim(cfg, RUNS / "id-mnist-lenet-fastfood", resume=True, progress=False)
-    return {
-        "baseline_acc": s["baseline_acc"],
-        "threshold": s["threshold"],
-        "mean_acc": s["mean_acc"],
-        "d_int90": s["d_int90"],
-        "protocol": s["protocol"],
-    }
+    name = {"mlp": "id-mnist-fc-fastfood", "lenet": "id-mnist-lenet-fastfood"}[arch]
+    s = measure_intrinsic_dim(cfg, RUNS / name, resume=True, progress=False)
+    keys = ("baseline_acc", "threshold", "mean_acc", "d_int90", "protocol")
+    return {k: s[k] for k in keys}
 
 
 def main() -> None:
@@ -119,9 +96,9 @@ def main() -> None:
     if "projections" in todo:
         results["projections"] = projections()
     if "mnist-fc" in todo:
-        results["mnist-fc"] = mnist_fc(args.mnist_dir)
+        results["mnist-fc"] = mnist_d_int90("mlp", [600, 750, 1000, 1500], args.mnist_dir)
     if "mnist-lenet" in todo:
-        results["mnist-lenet"] = mnist_lenet(args.mnist_dir)
+        results["mnist-lenet"] = mnist_d_int90("lenet", [200, 290, 450], args.mnist_dir)
     atomic_write_json(out, results)
     print(json.dumps(results, indent=1))
 

@@ -22,10 +22,9 @@ from pathlib import Path
 from .bases import PCABasis, load_basis, trajectory_pca
 from .data import load_dataset
 from .errors import LowdimError
-from .io import save_tensors
 from .optim import PBFGS, PSGD
 from .params import FlatParams
-from .plots import plot_curves, plot_spectrum
+from .plots import plot_spectrum
 from .rundir import CONFIG, SUMMARY, RunDir
 from .sgd import SGDConfig, labels_digest, model_for, resolve_device
 from .train import build_schedule, evaluate, fit
@@ -202,14 +201,11 @@ def train_in_subspace(
     test_loss, test_acc = result.test_loss, result.test_acc
     if cfg.bn_recompute and recompute_batchnorm(model, train, device=device):
         test_loss, test_acc = evaluate(model, test, device=device)
-    save_tensors(
-        run.path / "model.safetensors",
-        model.state_dict(),
-        metadata={"arch": sgd_cfg.arch, "dataset": sgd_cfg.dataset},
-    )
-    plot_curves(
+    run.save_outputs(
+        model,
         result.history,
-        run.path / "curves.png",
+        arch=sgd_cfg.arch,
+        dataset=sgd_cfg.dataset,
         title=f"{cfg.method} in {basis.dim} dimensions: {sgd_cfg.arch} on {sgd_cfg.dataset}",
     )
     summary = {

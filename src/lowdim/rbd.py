@@ -13,10 +13,8 @@ from pathlib import Path
 from .bases.random import compartments, split_dim
 from .data import load_dataset
 from .errors import LowdimError
-from .io import save_tensors
 from .optim.rbd import DISTRIBUTIONS, RBD
 from .params import FlatParams
-from .plots import plot_curves
 from .rundir import RunDir
 from .sgd import SGDConfig, model_for, resolve_device
 from .train import fit
@@ -109,15 +107,12 @@ def train_rbd(
         progress=progress,
         extra_metrics=lambda: {"step_cosine": optimizer.last_cosine},
     )
-    save_tensors(
-        run.path / "model.safetensors",
-        model.state_dict(),
-        metadata={"arch": cfg.arch, "dataset": cfg.dataset},
-    )
     method = "rbd-fixed" if cfg.fixed_basis else "rbd"
-    plot_curves(
+    run.save_outputs(
+        model,
         result.history,
-        run.path / "curves.png",
+        arch=cfg.arch,
+        dataset=cfg.dataset,
         title=f"{method}, d = {cfg.dim}: {cfg.arch} on {cfg.dataset}",
     )
     summary = {

@@ -114,6 +114,21 @@ class RunDir:
             atomic_write_json(self.path / CONFIG, {**self.config, "_versions": meta})
             self.config["_versions"] = meta
 
+    def save_outputs(
+        self, model, history: list[dict], *, arch: str, dataset: str, title: str
+    ) -> None:
+        """The trained weights (model.safetensors, parameters and buffers) and the loss and
+        accuracy curves (curves.png): what every run writes before its summary."""
+        from .io import save_tensors
+        from .plots import plot_curves
+
+        save_tensors(
+            self.path / "model.safetensors",
+            model.state_dict(),
+            metadata={"arch": arch, "dataset": dataset},
+        )
+        plot_curves(history, self.path / "curves.png", title=title)
+
     def write_summary(self, summary: dict) -> None:
         missing = [k for k in SUMMARY_KEYS if k not in summary]
         if missing:

@@ -21,10 +21,9 @@ import torch
 
 from .data import Data, load_dataset
 from .errors import LowdimError
-from .io import load_tensors, save_tensors
+from .io import load_tensors
 from .models import build_model
 from .params import FlatParams
-from .plots import plot_curves
 from .rundir import RunDir
 from .train import build_optimizer, build_schedule, fit
 
@@ -180,12 +179,13 @@ def train_sgd(
         progress=progress,
         tensorboard=cfg.tensorboard,
     )
-    save_tensors(
-        run.path / "model.safetensors",
-        model.state_dict(),
-        metadata={"arch": cfg.arch, "dataset": cfg.dataset},
+    run.save_outputs(
+        model,
+        result.history,
+        arch=cfg.arch,
+        dataset=cfg.dataset,
+        title=f"{cfg.arch} on {cfg.dataset}",
     )
-    plot_curves(result.history, run.path / "curves.png", title=f"{cfg.arch} on {cfg.dataset}")
     summary = {
         "method": "sgd",
         "dataset": cfg.dataset,
