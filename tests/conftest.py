@@ -1,4 +1,5 @@
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,11 @@ def fashion_dir() -> Path:
 @pytest.fixture
 def mnist_path() -> Path:
     return require(mnist_dir(), "run `make mnist`")
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on loopback that is free now (for a process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -23,21 +23,32 @@ def loss_of(net):
     return lambda: nn.functional.cross_entropy(net(x), y)
 
 
-def materialised(opt, step):
+def materialised(opt, step, worker=0):
     """The step's P (D x d), regenerated from its keys chunk by chunk."""
     blocks = []
-    for k, (offset, length, _) in enumerate(opt.compartments):
-        for _, chunk in opt._chunks(step, k):
-            full = torch.zeros(len(chunk), opt.flat.numel)
-            full[:, offset : offset + length] = chunk
+    for k, (offset, length, rows) in enumerate(opt.compartments):
+        for j in range(-(-rows // opt.chunk_rows)):
+            raw, scale = opt.chunk(step, worker, k, j)
+            full = torch.zeros(len(raw), opt.flat.numel)
+            full[:, offset : offset + length] = raw * (
+                scale.unsqueeze(-1) if scale.dim() else scale
+            )
             blocks.append(full)
     return torch.cat(blocks).t()
 
 
-@pytest.mark.parametrize("compartments", [None, [(0, 70, 5), (70, 33, 3)]])
-def test_step_is_minus_lr_p_pt_g_and_bases_change_every_step(compartments):
+@pytest.mark.parametrize(
+    "compartments, options",
+    [
+        (None, {}),
+        ([(0, 70, 5), (70, 33, 3)], {}),
+        (None, dict(keep_directions=True, normalise="unit")),
+        ([(0, 70, 5), (70, 33, 3)], dict(threads=1, distribution="rademacher")),
+    ],
+)
+def test_step_is_minus_lr_p_pt_g_and_bases_change_every_step(compartments, options):
     net, flat = net_and_flat()
-    opt = RBD(flat, 8, lr=0.5, compartments=compartments, chunk_rows=3)
+    opt = RBD(flat, 8, lr=0.5, compartments=compartments, chunk_rows=3, **options)
     loss = loss_of(net)
     for step in range(3):
         opt.zero_grad()
@@ -53,12 +64,27 @@ def test_step_is_minus_lr_p_pt_g_and_bases_change_every_step(compartments):
 def test_a_chunk_regenerated_from_its_key_alone_equals_the_one_used():
     _, flat = net_and_flat()
     opt = RBD(flat, 10, lr=1.0, seed=4, worker=2, chunk_rows=4)
-    used = [chunk for _, chunk in opt._chunks(7, 0)]
+    used = [raw * scale for _, _, raw, scale in opt._chunks(7, 2)]
     again = directions(4, 7, 2, 0, 1, 4, flat.numel)
     assert torch.equal(used[1], again)
     other_worker = directions(4, 7, 3, 0, 1, 4, flat.numel)
     other_step = directions(4, 8, 2, 0, 1, 4, flat.numel)
     assert not torch.equal(again, other_worker) and not torch.equal(again, other_step)
+
+
+def test_results_do_not_depend_on_threads_or_kept_directions():
+    results = []
+    for options in (dict(threads=1), dict(threads=3), dict(keep_directions=True)):
+        net, flat = net_and_flat()
+        opt = RBD(flat, 9, lr=0.5, chunk_rows=2, **options)
+        loss = loss_of(net)
+        for _ in range(3):
+            opt.zero_grad()
+            loss().backward()
+            opt.step()
+        results.append(flat.get())
+    assert torch.equal(results[0], results[1])
+    assert torch.allclose(results[0], results[2], atol=1e-7)
 
 
 def test_fixed_basis_uses_the_same_directions_at_every_step():
@@ -82,6 +108,7 @@ def test_distributions_have_unit_variance_and_normalisations(distribution):
         (dict(dim=10_000), "--dim 10000 must be between 1 and D"),
         (dict(dim=4, distribution="cauchy"), "unknown distribution 'cauchy'"),
         (dict(dim=4, compartments=[(0, 50, 2)]), "compartments must tile"),
+        (dict(dim=4, mode="gossip"), "unknown mode 'gossip'"),
     ],
 )
 def test_bad_input(kwargs, expect):

@@ -1,7 +1,6 @@
 """SubspaceModel under DistributedDataParallel: two gloo processes on loopback."""
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -43,14 +42,8 @@ def worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_workers_match_one_process_and_share_only_d_numbers(tmp_path):
-    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+def test_two_workers_match_one_process_and_share_only_d_numbers(tmp_path, free_port):
+    mp.spawn(worker, args=(free_port, str(tmp_path)), nprocs=2, join=True)
     c0, c1 = (torch.load(tmp_path / f"coords{r}.pt", weights_only=True) for r in (0, 1))
     assert torch.equal(c0, c1)  # identical on both workers after every step
     model = make_model()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import distributed
 from .bases.random import compartments, split_dim
 from .data import load_dataset
 from .errors import LowdimError
@@ -25,7 +26,9 @@ COMPARTMENT_RULES = ("none", "layer", "param")
 @dataclass
 class RBDConfig:
     """Defaults follow the paper: d = 250, batch 32, plain SGD without momentum or schedule
-    (its learning rates are per task; 1.0 is its FC-MNIST rate); epochs 10 (paper: 100)."""
+    (its learning rates are per task; 1.0 is its FC-MNIST rate); epochs 10 (paper: 100).
+    `mode` and `keep_directions` are those of `lowdim.optim.RBD`; under torchrun
+    `batch_size` is per process."""
 
     dataset: str = "digits"
     arch: str = "fc"
@@ -35,6 +38,8 @@ class RBDConfig:
     distribution: str = "gaussian"
     normalise: str = "sqrt"
     fixed_basis: bool = False
+    mode: str = "independent"
+    keep_directions: bool = False
     epochs: int = 10
     lr: float = 1.0
     batch_size: int = 32
@@ -73,7 +78,7 @@ def train_rbd(
         raise LowdimError(
             f"--epochs and --batch-size must be >= 1, got {cfg.epochs} and {cfg.batch_size}"
         )
-    device = resolve_device(cfg.device)
+    device = distributed.setup(resolve_device(cfg.device))
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed)
     sgd_like = SGDConfig(dataset=cfg.dataset, arch=cfg.arch, hidden=cfg.hidden, seed=cfg.seed)
     model = model_for(sgd_like, data, device)
@@ -88,6 +93,8 @@ def train_rbd(
         normalise=cfg.normalise,
         compartments=blocks,
         fixed_basis=cfg.fixed_basis,
+        keep_directions=cfg.keep_directions,
+        mode=cfg.mode,
     )
     run = RunDir(save_dir, asdict(cfg), resume=resume)
     if run.finished:
@@ -131,8 +138,9 @@ def train_rbd(
         "corrupt": 0.0,
         "effective_noise_rate": 0.0,
         "compartments": len(blocks),
-        "world_size": 1,
-        "bytes_sent_per_step": 0,
+        "world_size": distributed.world_size(),
+        "mode": cfg.mode,
+        "bytes_sent_per_step": optimizer.bytes_sent_per_step,
         "device": str(device),
     }
     run.write_summary(summary)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .errors import LowdimError
 from .io import atomic_write_json
 
@@ -49,6 +50,8 @@ def version() -> str:
 
 class RunDir:
     """Claims `path` for a run with options `config` (a JSON-ready dict).
+
+    Under several processes every one makes the same checks, and rank 0 alone writes.
 
     Args:
         path: the folder.
@@ -104,6 +107,10 @@ class RunDir:
 
     def start(self) -> None:
         """Write config.json (once every option has been checked)."""
+        # No process may write before every process has checked the folder as it was.
+        distributed.barrier()
+        if not distributed.is_main():
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         if not self.resumed:
             meta = {
@@ -122,6 +129,8 @@ class RunDir:
         from .io import save_tensors
         from .plots import plot_curves
 
+        if not distributed.is_main():
+            return
         save_tensors(
             self.path / "model.safetensors",
             model.state_dict(),
@@ -133,7 +142,8 @@ class RunDir:
         missing = [k for k in SUMMARY_KEYS if k not in summary]
         if missing:
             raise ValueError(f"summary lacks {missing}")
-        atomic_write_json(self.path / SUMMARY, summary)
+        if distributed.is_main():
+            atomic_write_json(self.path / SUMMARY, summary)
 
     def read_summary(self) -> dict:
         return json.loads((self.path / SUMMARY).read_text())

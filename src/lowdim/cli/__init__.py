@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+from .. import distributed
 from ..errors import LowdimError
 from . import intrinsic, rbd, report, train_sgd, train_subspace
 from .common import Parser, normalise_option_names
@@ -28,8 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
+        distributed.teardown()
     except LowdimError as e:
-        print(f"lowdim {args.command}: error: {e}", file=sys.stderr)
+        # Every process makes the same checks: one of them says so.
+        if distributed.is_main():
+            print(f"lowdim {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lowdim {args.command}: interrupted; continue with --resume", file=sys.stderr)

@@ -108,7 +108,11 @@ def add_session_options(g) -> None:
 
 
 def print_result(summary: dict, save_dir: str) -> None:
-    """The closing line of a run: the result and where the files are."""
+    """The closing line of a run: the result and where the files are (rank 0 only)."""
+    from .. import distributed
+
+    if not distributed.is_main():
+        return
     print(
         f"{summary['method']}: {summary['arch']} on {summary['dataset']}: "
         f"test_acc {summary['test_acc']:.4f}  test_loss {summary['test_loss']:.4f}  "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from ..optim.rbd import DISTRIBUTIONS, NORMALISATIONS
+from ..optim.rbd import DISTRIBUTIONS, MODES, NORMALISATIONS
 from ..rbd import COMPARTMENT_RULES, RBDConfig, train_rbd
 from .common import add_session_options, int_list, print_result
 
@@ -39,6 +39,17 @@ def add_parser(sub) -> None:
         "--fixed-basis",
         action="store_true",
         help="draw the basis once: the fixed random projection baseline",
+    )
+    p.add_argument(
+        "--mode",
+        default=d.mode,
+        help=f"under torchrun, one of: {', '.join(MODES)} (default: {d.mode}): own directions "
+        "per worker, or one basis shared by all",
+    )
+    p.add_argument(
+        "--keep-directions",
+        action="store_true",
+        help="hold a step's directions in memory (d x D floats) instead of regenerating them",
     )
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"(default: {d.epochs})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"(default: {d.lr})")

@@ -37,13 +37,42 @@ def epoch_order(n: int, shuffle: bool, seed: int, epoch: int) -> Tensor:
     return torch.arange(n)
 
 
-def augment_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
-    """The generator that augments batch number `batch` of an epoch.
+def augment_generator(seed: int, epoch: int, batch: int, shard: int = 0) -> torch.Generator:
+    """The generator that augments batch number `batch` of an epoch (its slice `shard` when
+    processes share the batch; see `shard_slices`).
 
     Keyed by the batch number as well as (seed, epoch), so that skipping batches on a mid-epoch
     resume needs no replay of the skipped draws and still gives the same later batches.
     """
-    return generator("augment", seed, epoch, batch)
+    return (
+        generator("augment", seed, epoch, batch)
+        if shard == 0
+        else (generator("augment", seed, epoch, batch, shard))
+    )
+
+
+def shard_slices(
+    n: int, batch_size: int, shard: tuple[int, int], drop_last: bool, start_batch: int
+) -> list[tuple[int, int, int]]:
+    """(batch number, lo, hi): the positions [lo, hi) of the epoch's order that process `rank`
+    of `world` (shard = (rank, world)) takes from each global batch.
+
+    A global batch is `world * batch_size` consecutive positions; process r takes its r-th
+    `batch_size` of them, so one process with `world * batch_size` sees exactly the union. A
+    short last global batch (kept unless `drop_last`) may leave some processes a short or an
+    empty slice; empty ones are omitted.
+    """
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise LowdimError(f"shard {shard} needs 0 <= rank < world")
+    count = check_batching(n, batch_size * world, drop_last, start_batch)
+    out = []
+    for b in range(start_batch, count):
+        lo = min(n, (b * world + rank) * batch_size)
+        hi = min(n, lo + batch_size)
+        if lo < hi:
+            out.append((b, lo, hi))
+    return out
 
 
 class Split:
@@ -89,6 +118,7 @@ class Split:
         drop_last: bool = False,
         start_batch: int = 0,
         augment: bool | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield (x, y) batches of one epoch.
 
@@ -100,16 +130,17 @@ class Split:
         CUDA. `drop_last` (default False) drops a final short batch. `augment` (default None,
         meaning "same as `shuffle`") applies `self.augment`, with batch b of the epoch drawing
         from `generator("augment", seed, epoch, b)`; evaluation passes (no shuffle) are thus
-        unaugmented unless asked.
+        unaugmented unless asked. `shard` = (rank, world) (default (0, 1)) yields only this
+        process's slice of each global batch of `world * batch_size` (see `shard_slices`);
+        `start_batch` and `drop_last` then count global batches.
         """
         n = len(self)
-        count = check_batching(n, batch_size, drop_last, start_batch)
+        slices = shard_slices(n, batch_size, shard, drop_last, start_batch)
         use_augment = (shuffle if augment is None else augment) and self.augment is not None
         target = torch.device(device) if device is not None else self.x.device
         non_blocking = target.type == "cuda"
         order = epoch_order(n, shuffle, seed, epoch).to(self.x.device) if shuffle else None
-        for b in range(start_batch, count):
-            lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
+        for b, lo, hi in slices:
             if order is None:
                 # Unshuffled: slices are views, cheaper than gathering.
                 xb, yb = self.x[lo:hi], self.y[lo:hi]
@@ -120,7 +151,7 @@ class Split:
             yb = yb.to(target, non_blocking=non_blocking)
             if use_augment:
                 assert self.augment is not None
-                xb = self.augment(xb, augment_generator(seed, epoch, b))
+                xb = self.augment(xb, augment_generator(seed, epoch, b, shard[0]))
             yield xb, yb
 
     def to(self, device: str | torch.device) -> Split:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lowdim.data.split import check_batching, epoch_order
+from lowdim.data.split import check_batching, epoch_order, shard_slices
 from lowdim.errors import LowdimError
 from lowdim.seeding import derive_seed
 
@@ -44,19 +44,21 @@ class _Keyed(Dataset):
 
 
 class _EpochSampler(Sampler):
-    """Yields the keys of positions [start, stop) of an epoch's order, lazily."""
+    """Yields the keys of the positions in `ranges` ([lo, hi) pairs) of an epoch's order,
+    lazily."""
 
-    def __init__(self, order: Tensor, base: int | None, start: int, stop: int) -> None:
+    def __init__(self, order: Tensor, base: int | None, ranges: list[tuple[int, int]]) -> None:
         # A list: indexing a tensor element by element costs microseconds per sample.
         self.order: list[int] = order.tolist()
-        self.base, self.start, self.stop = base, start, stop
+        self.base, self.ranges = base, ranges
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return sum(hi - lo for lo, hi in self.ranges)
 
     def __iter__(self) -> Iterator[Key]:
-        for position in range(self.start, self.stop):
-            yield self.order[position], self.base, position
+        for lo, hi in self.ranges:
+            for position in range(lo, hi):
+                yield self.order[position], self.base, position
 
 
 def _one_line_message(err: LowdimError) -> str:
@@ -108,6 +110,7 @@ class StreamSplit:
         drop_last: bool = False,
         start_batch: int = 0,
         augment: bool | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield (x, y) batches of one epoch; the arguments mean what they mean for
         `Split.batches`. The order comes from generator("order", seed, epoch); the augmentation
@@ -115,12 +118,12 @@ class StreamSplit:
         seed, epoch), p), so batches do not depend on `num_workers` and resume exactly.
         """
         n = len(self)
-        count = check_batching(n, batch_size, drop_last, start_batch)
+        slices = shard_slices(n, batch_size, shard, drop_last, start_batch)
         use_augment = self.augment and (shuffle if augment is None else augment)
         base = derive_seed("augment", seed, epoch) if use_augment else None
-        stop = min(n, count * batch_size)
         order = epoch_order(n, shuffle, seed, epoch)
-        sampler = _EpochSampler(order, base, start_batch * batch_size, stop)
+        # Only a process's last slice can be short, so the loader's batches are its slices.
+        sampler = _EpochSampler(order, base, [(lo, hi) for _, lo, hi in slices])
         target = torch.device(device) if device is not None else torch.device("cpu")
         cuda = target.type == "cuda"
         loader = DataLoader(

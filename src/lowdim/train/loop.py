@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import distributed
 from ..errors import LowdimError
 from ..params import FlatParams
 from ..trajectory import TrajectoryRecorder
@@ -51,19 +52,23 @@ def evaluate(
     device=None,
     loss_fn: LossFn = F.cross_entropy,
 ) -> tuple[float, float]:
-    """(mean loss, accuracy) of `model` over `split`, in eval mode; restores the previous mode."""
+    """(mean loss, accuracy) of `model` over `split`, in eval mode; restores the previous mode.
+
+    Under several processes, each evaluates its share of `split` and the sums are combined.
+    """
     was_training = model.training
     model.eval()
-    total_loss = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    n = 0
-    for x, y in split.batches(batch_size, device=device):
+    # loss sum, hits, count: summed across processes in one call
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    shard = (distributed.rank(), distributed.world_size())
+    for x, y in split.batches(batch_size, device=device, shard=shard):
         out = model(x)
-        total_loss += loss_fn(out, y).double() * len(y)
-        correct += (out.argmax(1) == y).sum()
-        n += len(y)
+        totals[0] += loss_fn(out, y).double() * len(y)
+        totals[1] += (out.argmax(1) == y).sum()
+        totals[2] += len(y)
     model.train(was_training)
-    return total_loss.item() / max(n, 1), correct.item() / max(n, 1)
+    loss, hits, n = distributed.all_reduce_sum(totals).tolist()
+    return loss / max(n, 1), hits / max(n, 1)
 
 
 def snapshot_steps(num_batches: int, samples_per_epoch: int) -> set[int]:
@@ -97,6 +102,7 @@ def fit(
     eval_batch_size: int = 1000,
     extra_metrics: Callable[[], dict] | None = None,
     log: Callable[[str], None] | None = None,
+    drop_last: bool = False,
 ) -> FitResult:
     """Train `model` for `epochs` epochs of `train` (a `lowdim.data.Split`), evaluating on `test`.
 
@@ -116,6 +122,13 @@ def fit(
     an L2 penalty on the weights); the reported train loss leaves it out. `extra_metrics()` is
     merged into each epoch's record (e.g. optimiser counters); `log`
     receives the one-line epoch summaries (default: print to stderr when `progress`).
+
+    Under several processes (see `lowdim.distributed`), `batch_size` is per process: each
+    takes its slice of every global batch of world * batch_size, a short last global batch is
+    dropped (as `drop_last` does alone; default False), metrics are summed across processes,
+    and only rank 0 writes `run_dir`, the trajectory and the log; every process reads the
+    checkpoint on resume. Exchanging gradients or coordinates is the optimiser's (or a wrapped
+    model's) business: the weights must stay identical on every process.
     """
     if epochs < 0:
         raise LowdimError(f"--epochs must be >= 0, got {epochs}")
@@ -127,7 +140,11 @@ def fit(
         raise LowdimError(f"--samples-per-epoch must be >= 1, got {samples_per_epoch}")
     if trajectory_dir is not None and flat is None:
         raise ValueError("recording a trajectory needs the model's FlatParams (flat=...)")
-    if log is None:
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0
+    progress = progress and main
+    drop_last = drop_last or world > 1
+    if log is None or not main:
         log = _stderr if progress else (lambda _: None)
     run_dir = Path(run_dir) if run_dir is not None else None
     ckpt_dir = run_dir / "checkpoint" if run_dir is not None else None
@@ -136,14 +153,14 @@ def fit(
     if resume and ckpt_dir is not None and has_checkpoint(ckpt_dir):
         done = load_checkpoint(ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler)
     recorder = None
-    if trajectory_dir is not None:
+    if trajectory_dir is not None and main:
         recorder = TrajectoryRecorder(
             trajectory_dir, flat.layout(), resume=resume, keep=done["snapshots"]
         )
         if len(recorder) == 0:
             recorder.append(flat.data, epoch=0, step=0)
     metrics = None
-    if run_dir is not None:
+    if run_dir is not None and main:
         metrics = MetricsLog(
             run_dir / "metrics.jsonl",
             resume=resume,
@@ -154,16 +171,23 @@ def fit(
 
     started = time.perf_counter()
     step = done["step"]
-    num_steps = -(-train.num_batches(batch_size) // accumulate)
+    num_steps = -(-train.num_batches(batch_size * world, drop_last) // accumulate)
     marks = snapshot_steps(num_steps, samples_per_epoch)
     model.train()
     for epoch in range(done["epoch"] + 1, epochs + 1):
         epoch_start = time.perf_counter()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
+        # loss sum, hits, examples: summed across processes at the end of the epoch
+        totals = torch.zeros(3, dtype=torch.float64, device=device)
         bar = progress_bar(num_steps, f"epoch {epoch}/{epochs}", progress)
-        batches = train.batches(batch_size, shuffle=True, seed=seed, epoch=epoch, device=device)
+        batches = train.batches(
+            batch_size,
+            shuffle=True,
+            seed=seed,
+            epoch=epoch,
+            device=device,
+            drop_last=drop_last,
+            shard=(rank, world),
+        )
         for i, micro in enumerate(_groups(batches, accumulate), start=1):
             n = sum(len(y) for _, y in micro)
             first: list[tuple[Tensor, Tensor]] = []
@@ -191,9 +215,9 @@ def fit(
 
             optimizer.step(closure)
             for loss_part, hits in first:
-                loss_sum += loss_part.double()
-                correct += hits
-            seen += n
+                totals[0] += loss_part.double()
+                totals[1] += hits
+            totals[2] += n
             step += 1
             if recorder is not None and i in marks:
                 recorder.append(flat.data, epoch=epoch - 1 + i / num_steps, step=step)
@@ -201,7 +225,8 @@ def fit(
         bar.close()
         if scheduler is not None:
             scheduler.step()
-        train_loss = loss_sum.item() / max(seen, 1)
+        loss_sum, hits, seen = distributed.all_reduce_sum(totals).tolist()
+        train_loss = loss_sum / max(seen, 1)
         if not math.isfinite(train_loss):
             raise LowdimError(
                 f"training diverged in epoch {epoch} (train loss {train_loss}); lower --lr"
@@ -213,7 +238,7 @@ def fit(
             "epoch": epoch,
             "step": step,
             "train_loss": train_loss,
-            "train_acc": correct.item() / max(seen, 1),
+            "train_acc": hits / max(seen, 1),
             "test_loss": test_loss,
             "test_acc": test_acc,
             "lr": optimizer.param_groups[0]["lr"],
@@ -225,7 +250,7 @@ def fit(
         log(format_epoch(record, epochs))
         if metrics is not None:
             metrics.log(record)
-        if ckpt_dir is not None:
+        if ckpt_dir is not None and main:
             save_checkpoint(
                 ckpt_dir,
                 model=model,

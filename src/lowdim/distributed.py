@@ -1,0 +1,117 @@
+"""Several processes, one run: lowdim under `torchrun` (or any launcher that sets the usual
+RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT variables).
+
+Every process loads the data and builds the model identically; each takes its own slice of
+every global minibatch (see `Split.batches(shard=...)`); the optimiser or the training loop
+exchanges what the method needs (a gradient, d coordinates); the weights stay identical on
+every process. Rank 0 alone writes files and prints progress. With one process (no launcher)
+every function here is a no-op, so the same code runs alone or distributed.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .errors import LowdimError
+
+TIMEOUT = timedelta(minutes=10)  # a collective waits this long for a slow or lost process
+
+
+def world_size() -> int:
+    """The number of processes in the run (1 when not distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's index, 0..world_size()-1 (0 when not distributed)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """True on the process that writes files and prints (rank 0)."""
+    return rank() == 0
+
+
+def launched() -> bool:
+    """True when a launcher started this process as one of several (WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: torch.device) -> torch.device:
+    """Join the process group if a launcher asked for one; return the device this process uses.
+
+    Backend: NCCL for CUDA (process LOCAL_RANK takes cuda:LOCAL_RANK), gloo for the CPU. A
+    no-op returning `device` when not launched or already joined.
+    """
+    if not launched():
+        return device
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise LowdimError(
+                f"LOCAL_RANK {local} has no GPU: this machine has {torch.cuda.device_count()}; "
+                "start at most that many processes per node"
+            )
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        for name in ("MASTER_ADDR", "MASTER_PORT", "RANK"):
+            if name not in os.environ:
+                raise LowdimError(
+                    f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but {name} is not set; "
+                    "start the processes with torchrun"
+                )
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(
+            backend,
+            store=_store(),
+            rank=int(os.environ["RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]),
+            timeout=TIMEOUT,
+            **kwargs,
+        )
+    return device
+
+
+def _store() -> dist.Store:
+    """The rendezvous store, with keys private to this attempt.
+
+    After torchrun restarts the workers (--max-restarts), the store can still hold the
+    addresses the dead attempt published; a fresh process would then connect to a worker that
+    no longer exists. Prefixing the keys with the restart count keeps attempts apart.
+    """
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    base = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        int(os.environ["WORLD_SIZE"]),
+        is_master=not agent_hosts and int(os.environ["RANK"]) == 0,
+        timeout=TIMEOUT,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"lowdim/attempt-{attempt}", base)
+
+
+def teardown() -> None:
+    """Leave the process group (after a last barrier, so no rank exits while others wait)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """`t` summed over all processes, in place (unchanged when not distributed)."""
+    if world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def barrier() -> None:
+    """Wait until every process gets here (a no-op alone)."""
+    if world_size() > 1:
+        dist.barrier()
