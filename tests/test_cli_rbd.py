@@ -42,6 +42,9 @@ def test_rbd_writes_a_summary_and_resumes_after_a_kill(tmp_path, monkeypatch):
         (["--dim", "60000"], "--dim 60000 must be between 1 and D"),
         (["--distribution", "cauchy"], "unknown --distribution 'cauchy'"),
         (["--compartments", "neurons"], "unknown --compartments 'neurons'"),
+        (["--compartments", "chunk"], "--compartments chunk needs --chunk-size >= 1"),
+        (["--split", "random"], "unknown --split 'random'"),
+        (["--mode", "gossip"], "unknown mode 'gossip'"),
     ],
 )
 def test_bad_input(tmp_path, capsys, args, expect):
@@ -49,3 +52,34 @@ def test_bad_input(tmp_path, capsys, args, expect):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expect in err, err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    "args, blocks",
+    [
+        ([], [(0, 55210, 50)]),
+        (["--compartments", "layer"], [(0, 13000, 12), (13000, 40200, 36), (53200, 2010, 2)]),
+        (["--compartments", "layer", "--split", "equal"], None),
+        (["--compartments", "chunk", "--chunk-size", "20000", "--split", "each"], None),
+    ],
+)
+def test_compartment_rules_tile_the_parameters(args, blocks):
+    from lowdim.cli import build_parser
+    from lowdim.models import build_model
+    from lowdim.params import FlatParams
+    from lowdim.rbd import RBDConfig, rbd_compartments
+
+    ns = build_parser().parse_args([*ARGS, *args, "--save-dir", "x"])
+    cfg = RBDConfig(
+        dim=ns.dim, compartments=ns.compartments, chunk_size=ns.chunk_size, split=ns.split
+    )
+    flat = FlatParams(build_model("mlp", (1, 8, 8), 10))
+    got = rbd_compartments(cfg, flat)
+    assert sum(n for _, n, _ in got) == flat.numel
+    assert all(o == sum(n for _, n, _ in got[:i]) for i, (o, _, _) in enumerate(got))
+    if blocks is not None:
+        assert got == blocks
+    if ns.split == "equal":
+        assert [k for _, _, k in got] == [17, 17, 16]
+    if ns.split == "each":
+        assert [k for _, _, k in got] == [50, 50, 50]

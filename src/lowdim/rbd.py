@@ -20,7 +20,8 @@ from .rundir import RunDir
 from .sgd import SGDConfig, model_for, resolve_device
 from .train import fit
 
-COMPARTMENT_RULES = ("none", "layer", "param")
+COMPARTMENT_RULES = ("none", "layer", "param", "chunk")
+SPLITS = ("size", "equal", "each")
 
 
 @dataclass
@@ -35,6 +36,8 @@ class RBDConfig:
     hidden: list[int] | None = None
     dim: int = 250
     compartments: str = "none"
+    chunk_size: int = 0
+    split: str = "size"
     distribution: str = "gaussian"
     normalise: str = "sqrt"
     fixed_basis: bool = False
@@ -49,19 +52,32 @@ class RBDConfig:
 
 
 def rbd_compartments(cfg: RBDConfig, flat: FlatParams) -> list[tuple[int, int, int]]:
-    """(offset, length, d_k) blocks: one over all of theta, or per layer / parameter with d
-    split in proportion to their sizes."""
+    """(offset, length, d_k) blocks: one over all of theta, or one per layer, per parameter
+    tensor, or per chunk of `chunk_size` parameters. `split`: "size" gives the blocks d in
+    proportion to their sizes, "equal" in equal shares (both: d in all), "each" gives every
+    block d directions (d x blocks in all, each capped at its size)."""
     if cfg.compartments not in COMPARTMENT_RULES:
         raise LowdimError(
             f"unknown --compartments {cfg.compartments!r}; choose one of: "
             f"{', '.join(COMPARTMENT_RULES)}"
         )
+    if cfg.split not in SPLITS:
+        raise LowdimError(f"unknown --split {cfg.split!r}; choose one of: {', '.join(SPLITS)}")
+    if cfg.compartments == "chunk" and cfg.chunk_size < 1:
+        raise LowdimError(
+            f"--compartments chunk needs --chunk-size >= 1 (parameters per chunk), got "
+            f"{cfg.chunk_size}"
+        )
     if not 1 <= cfg.dim <= flat.numel:
         raise LowdimError(f"--dim {cfg.dim} must be between 1 and D = {flat.numel}")
     if cfg.compartments == "none":
         return [(0, flat.numel, cfg.dim)]
-    groups = compartments(flat.layout(), cfg.compartments)
-    dims = split_dim(cfg.dim, [n for _, _, n in groups])
+    groups = compartments(flat.layout(), cfg.compartments, chunk=cfg.chunk_size or None)
+    sizes = [n for _, _, n in groups]
+    if cfg.split == "each":
+        dims = [min(cfg.dim, n) for n in sizes]
+    else:
+        dims = split_dim(cfg.dim, sizes, "proportional" if cfg.split == "size" else "equal")
     return [(offset, n, k) for (_, offset, n), k in zip(groups, dims, strict=True)]
 
 
@@ -133,7 +149,7 @@ def train_rbd(
         "epochs": cfg.epochs,
         "wall_seconds": result.wall_seconds,
         "num_params": flat.numel,
-        "subspace_dim": cfg.dim,
+        "subspace_dim": sum(k for _, _, k in blocks),
         "snapshots": 0,
         "corrupt": 0.0,
         "effective_noise_rate": 0.0,

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import fields
 
 from ..optim.rbd import DISTRIBUTIONS, MODES, NORMALISATIONS
-from ..rbd import COMPARTMENT_RULES, RBDConfig, train_rbd
+from ..rbd import COMPARTMENT_RULES, SPLITS, RBDConfig, train_rbd
 from .common import add_session_options, int_list, print_result
 
 HELP = "train with random bases descent: d fresh random directions every step"
@@ -23,7 +23,19 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--compartments",
         default=d.compartments,
-        help=f"one of: {', '.join(COMPARTMENT_RULES)} (default: none)",
+        help=f"independent bases per block: {', '.join(COMPARTMENT_RULES)} (default: none)",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=d.chunk_size,
+        help="parameters per block with --compartments chunk",
+    )
+    p.add_argument(
+        "--split",
+        default=d.split,
+        help=f"d over the blocks, one of: {', '.join(SPLITS)} (default: size, in proportion to "
+        "their sizes; each: d per block)",
     )
     p.add_argument(
         "--distribution",
