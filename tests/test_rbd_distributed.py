@@ -182,3 +182,26 @@ def test_torchrun_job_survives_a_killed_worker_and_equals_an_uninterrupted_one(t
     wa, wb = load_tensors(whole / "model.safetensors"), load_tensors(cut / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert len((cut / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def disagreeing_worker(rank: int, port: int, out: str) -> None:
+    from lowdim import distributed
+    from lowdim.errors import LowdimError
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    distributed.same_on_all(7, "the step")  # agreeing: passes
+    try:
+        distributed.same_on_all(rank * 3, "the step to resume from")
+        message = "no error"
+    except LowdimError as e:
+        message = str(e)
+    Path(out, f"msg{rank}").write_text(message)
+    dist.destroy_process_group()
+
+
+def test_processes_that_resume_from_different_checkpoints_stop_with_one_line(tmp_path, free_port):
+    mp.spawn(disagreeing_worker, args=(free_port, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        msg = (tmp_path / f"msg{rank}").read_text()
+        assert "disagree on the step to resume from (0 to 3)" in msg and "shared" in msg

@@ -111,6 +111,26 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def same_on_all(value: int, what: str) -> None:
+    """Raise LowdimError unless every process holds the same `value` (e.g. the epoch it resumed
+    from: processes that read different checkpoints would silently train different models)."""
+    if world_size() == 1:
+        return
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if (dist.get_backend() == "nccl")
+        else torch.device("cpu")
+    )
+    t = torch.tensor([value, -value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    low, high = int(-t[1].item()), int(t[0].item())
+    if low != high:
+        raise LowdimError(
+            f"processes disagree on {what} ({low} to {high}): every machine "
+            "must see the same --save-dir (a shared filesystem)"
+        )
+
+
 def barrier() -> None:
     """Wait until every process gets here (a no-op alone)."""
     if world_size() > 1:

@@ -1,25 +1,32 @@
-"""DLDR stages 2 and 3: the PCA subspace of a recorded trajectory, and training inside it.
+"""Training in a subspace of a recorded trajectory: DLDR's stages 2 and 3, and TWA.
 
-`train_in_subspace(sgd_dir, SubspaceConfig(method="pbfgs", ...))` is what `lowdim train-psgd`
-and `lowdim train-pbfgs` run. It reads a `train-sgd` run, extracts the basis from the snapshot
-window [params_start, params_end) with the given stride, starts from the snapshot at
-params_start (the paper trains from the initialisation), and trains with P-SGD or P-BFGS on
-exactly the (possibly noisy) labels of that run. It writes into `<sgd_dir>/<method>/`:
+`train_in_subspace(sgd_dir, SubspaceConfig(method="pbfgs", ...))` is what `lowdim train-psgd`,
+`lowdim train-pbfgs` and `lowdim twa` run. It reads a `train-sgd` run and takes the snapshot
+window [params_start, params_end) with the given stride, then
+  - psgd, pbfgs (DLDR): the window's top PCA directions; start from the snapshot at
+    params_start (the paper trains from the initialisation); P-SGD or P-BFGS;
+  - twa (trainable weight averaging): the span of the window's checkpoints, orthonormalised in
+    float64; start from their plain average with BatchNorm statistics recomputed (SWA, whose
+    accuracy the summary reports as `swa_test_acc`); projected SGD with momentum;
+always on exactly the (possibly noisy) labels of that run. It writes into
+`<sgd_dir>/<method>/`:
 
     config.json, metrics.jsonl, checkpoint/   as for train-sgd
-    basis.safetensors                         the PCA basis (directions, anchor, spectrum)
-    spectrum.png                              explained variance per component
+    basis.safetensors                         the basis (directions, anchor; PCA: spectrum)
+    spectrum.png                              PCA only: explained variance per component
     model.safetensors, curves.png, summary.json
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .bases import PCABasis, load_basis, trajectory_pca
+from .bases import Basis, load_basis, trajectory_pca
+from .bases.span import trajectory_span
 from .data import load_dataset
 from .errors import LowdimError
 from .optim import PBFGS, PSGD
@@ -29,15 +36,19 @@ from .rundir import CONFIG, SUMMARY, RunDir
 from .sgd import SGDConfig, labels_digest, model_for, resolve_device
 from .train import build_schedule, evaluate, fit
 from .train.bn import recompute_batchnorm
+from .train.optim import SCHEDULES
 from .trajectory import Trajectory
 
-METHODS = ("psgd", "pbfgs")
-# The paper's settings on CIFAR: P-SGD lr 1, batch 128, 40 epochs, lr x0.1 at 75%;
-# P-BFGS batch 1024, 20 epochs, first trial step 1.
+METHODS = ("psgd", "pbfgs", "twa")
+# The papers' settings on CIFAR: P-SGD lr 1, batch 128, 40 epochs, lr x0.1 at 75%;
+# P-BFGS batch 1024, 20 epochs, first trial step 1; TWA lr 2, batch 128, 10 epochs, weight
+# decay 1e-5, lr x0.1 at 50% and 75%.
 DEFAULTS = {
-    "psgd": {"lr": 1.0, "batch_size": 128, "epochs": 40},
-    "pbfgs": {"lr": 1.0, "batch_size": 1024, "epochs": 20},
+    "psgd": {"lr": 1.0, "batch_size": 128, "epochs": 40, "weight_decay": 0.0},
+    "pbfgs": {"lr": 1.0, "batch_size": 1024, "epochs": 20, "weight_decay": 0.0},
+    "twa": {"lr": 2.0, "batch_size": 128, "epochs": 10, "weight_decay": 1e-5},
 }
+MILESTONES = {"psgd": (0.75,), "pbfgs": (), "twa": (0.5, 0.75)}  # fractions of the epochs
 
 
 @dataclass
@@ -46,7 +57,10 @@ class SubspaceConfig:
 
     Window: snapshots params_start, params_start + params_stride, ... < params_end (default:
     to the end of the trajectory). P-BFGS's batch size defaults to 1024, capped at an eighth of
-    the training set so that an epoch has at least eight steps on small data.
+    the training set so that an epoch has at least eight steps on small data. `n_components`
+    is PCA's (TWA spans every checkpoint of the window). `schedule`: "multistep" (lr x0.1 at
+    `lr_milestones`, default at 75% of the epochs for P-SGD, 50% and 75% for TWA), "cosine",
+    "linear" (to 0 at the end) or "constant".
     """
 
     method: str = "pbfgs"
@@ -58,7 +72,8 @@ class SubspaceConfig:
     lr: float | None = None
     batch_size: int | None = None
     momentum: float = 0.9
-    weight_decay: float = 0.0
+    weight_decay: float | None = None
+    schedule: str = "multistep"
     lr_milestones: list[int] | None = None
     sigma: float = 0.4
     shrink: float = 0.4
@@ -79,13 +94,26 @@ class SubspaceConfig:
         out = SubspaceConfig(**asdict(self))
         out.epochs = d["epochs"] if self.epochs is None else self.epochs
         out.lr = d["lr"] if self.lr is None else self.lr
+        out.weight_decay = d["weight_decay"] if self.weight_decay is None else self.weight_decay
+        if out.lr <= 0:
+            raise LowdimError(f"--lr must be positive, got {out.lr}")
+        if not 0 <= out.momentum < 1:
+            raise LowdimError(f"--momentum must be in [0, 1), got {out.momentum}")
+        if out.weight_decay < 0:
+            raise LowdimError(f"--weight-decay must be >= 0, got {out.weight_decay}")
+        if self.schedule not in SCHEDULES:
+            raise LowdimError(
+                f"unknown --schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}"
+            )
         if self.batch_size is None:
             out.batch_size = d["batch_size"]
             if self.method == "pbfgs":
                 out.batch_size = max(1, min(d["batch_size"], num_train // 8))
-        if self.lr_milestones is None:
-            out.lr_milestones = [round(0.75 * out.epochs)] if self.method == "psgd" else []
-            out.lr_milestones = [m for m in out.lr_milestones if 0 < m < out.epochs]
+        if self.schedule != "multistep":
+            out.lr_milestones = []
+        elif self.lr_milestones is None:
+            marks = {round(f * out.epochs) for f in MILESTONES[self.method]}
+            out.lr_milestones = sorted(m for m in marks if 0 < m < out.epochs)
         return out
 
 
@@ -103,7 +131,12 @@ def read_sgd_run(sgd_dir: Path) -> tuple[SGDConfig, dict]:
     return cfg, json.loads((sgd_dir / SUMMARY).read_text())
 
 
-def extract_basis(trajectory: Trajectory, cfg: SubspaceConfig) -> PCABasis:
+def extract_basis(trajectory: Trajectory, cfg: SubspaceConfig) -> Basis:
+    """TWA: the orthonormalised span of the window; DLDR: its top PCA directions."""
+    if cfg.method == "twa":
+        return trajectory_span(
+            trajectory, start=cfg.params_start, end=cfg.params_end, stride=cfg.params_stride
+        )
     return trajectory_pca(
         trajectory,
         cfg.n_components,
@@ -121,7 +154,7 @@ def train_in_subspace(
     progress: bool = True,
     name: str | None = None,
 ) -> dict:
-    """Run DLDR's stages 2 and 3 on the train-sgd run in `sgd_dir`; return the summary.
+    """Train in a subspace of the train-sgd run in `sgd_dir` (DLDR or TWA); return the summary.
 
     Results go to `sgd_dir/<name>/` (default name: the method), so one trajectory can serve
     several subspace runs."""
@@ -150,7 +183,8 @@ def train_in_subspace(
 
     # Check the window and the component count before anything is written.
     window = trajectory.window(cfg.params_start, cfg.params_end, cfg.params_stride)
-    if not 1 <= cfg.n_components <= len(window) - 1:
+    pca = cfg.method != "twa"
+    if pca and not 1 <= cfg.n_components <= len(window) - 1:
         raise LowdimError(
             f"--n-components {cfg.n_components} is not possible with the {len(window)} snapshots "
             f"of the window: centred PCA gives between 1 and {len(window) - 1} components"
@@ -164,23 +198,30 @@ def train_in_subspace(
         basis = load_basis(basis_file, layout=flat.layout())
     else:
         basis = extract_basis(trajectory, cfg)
-    pca_seconds = time.perf_counter() - started
+    basis_seconds = time.perf_counter() - started
     run.start()
     basis.save(basis_file, layout=flat.layout())
-    plot_spectrum(
-        basis.explained_variance_ratio,
-        run.path / "spectrum.png",
-        title=f"PCA of snapshots {cfg.params_start}..{basis.window[1] - 1}",
-    )
+    if pca:
+        plot_spectrum(
+            basis.explained_variance_ratio,
+            run.path / "spectrum.png",
+            title=f"PCA of snapshots {cfg.params_start}..{basis.window[1] - 1}",
+        )
     basis = basis.to(device)
 
     flat.set(basis.anchor.to(flat.data.dtype))
     train, test = data.train.to(device), data.test.to(device)
+    swa = None
+    if not pca:  # the plain average, BatchNorm recomputed: the SWA baseline
+        average = copy.deepcopy(model)
+        recompute_batchnorm(average, train, device=device)
+        swa = evaluate(average, test, device=device)
+        del average
     if cfg.bn_recompute and not run.resumed:
         recompute_batchnorm(model, train, device=device)
     optimizer, extra = _optimizer(cfg, flat, basis, model, train)
     scheduler = build_schedule(
-        "multistep", optimizer, epochs=cfg.epochs, milestones=cfg.lr_milestones
+        cfg.schedule, optimizer, epochs=cfg.epochs, milestones=cfg.lr_milestones
     )
     result = fit(
         model,
@@ -217,13 +258,12 @@ def train_in_subspace(
         "train_acc": result.train_acc,
         "train_loss": result.train_loss,
         "epochs": cfg.epochs,
-        "wall_seconds": pca_seconds + result.wall_seconds,
-        "pca_seconds": pca_seconds,
+        "wall_seconds": basis_seconds + result.wall_seconds,
+        "basis_seconds": basis_seconds,
         "num_params": flat.numel,
         "subspace_dim": basis.dim,
         "snapshots": len(range(*basis.window)),
         "window": list(basis.window),
-        "explained_variance": float(basis.explained_variance_ratio.sum()),
         "corrupt": sgd_cfg.corrupt,
         "effective_noise_rate": data.effective_noise_rate,
         "batch_size": cfg.batch_size,
@@ -232,14 +272,19 @@ def train_in_subspace(
         "sgd_wall_seconds": sgd_summary["wall_seconds"],
         "device": str(device),
     }
+    if pca:
+        summary["explained_variance"] = float(basis.explained_variance_ratio.sum())
+    else:
+        summary["swa_test_loss"], summary["swa_test_acc"] = swa
+        summary["orthogonality_error"] = basis.orthogonality_error()
     if isinstance(optimizer, PBFGS):
         summary.update(optimizer.counters())
     run.write_summary(summary)
     return summary
 
 
-def _optimizer(cfg: SubspaceConfig, flat: FlatParams, basis: PCABasis, model, train):
-    if cfg.method == "psgd":
+def _optimizer(cfg: SubspaceConfig, flat: FlatParams, basis: Basis, model, train):
+    if cfg.method in ("psgd", "twa"):
         return PSGD(
             flat, basis, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         ), None

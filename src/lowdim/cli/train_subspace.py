@@ -1,4 +1,5 @@
-"""`lowdim train-psgd` and `lowdim train-pbfgs`: DLDR's subspace training on a train-sgd run."""
+"""`lowdim train-psgd`, `lowdim train-pbfgs` (DLDR) and `lowdim twa` (trainable weight
+averaging): subspace training on a train-sgd run."""
 
 from __future__ import annotations
 
@@ -6,22 +7,26 @@ import argparse
 from dataclasses import fields
 
 from ..dldr import DEFAULTS, SubspaceConfig, train_in_subspace
+from ..train.optim import SCHEDULES
 from .common import add_session_options, int_list, print_result
 
 HELP = {
     "psgd": "train in the PCA subspace of a train-sgd run's trajectory with projected SGD",
     "pbfgs": "train in the PCA subspace of a train-sgd run's trajectory with projected BFGS",
+    "twa": "trainable weight averaging: train in the span of a train-sgd run's checkpoints, "
+    "starting from their average (reports the SWA baseline too)",
 }
 
 
 def add_parser(sub) -> None:
-    for method in ("psgd", "pbfgs"):
+    for method in ("psgd", "pbfgs", "twa"):
         _add(sub, method)
 
 
 def _add(sub, method: str) -> None:
     d, m = SubspaceConfig(), DEFAULTS[method]
-    p = sub.add_parser(f"train-{method}", help=HELP[method], description=HELP[method])
+    command = "twa" if method == "twa" else f"train-{method}"
+    p = sub.add_parser(command, help=HELP[method], description=HELP[method])
     p.add_argument(
         "--save-dir",
         required=True,
@@ -34,7 +39,8 @@ def _add(sub, method: str) -> None:
         "--params-start",
         type=int,
         default=d.params_start,
-        help="first snapshot of the window, and the starting point (default: 0)",
+        help="first snapshot of the window"
+        + (" (default: 0)" if method == "twa" else ", and the starting point (default: 0)"),
     )
     g.add_argument(
         "--params-end",
@@ -43,12 +49,13 @@ def _add(sub, method: str) -> None:
         help="end of the window, exclusive (default: all snapshots)",
     )
     g.add_argument("--params-stride", type=int, default=d.params_stride, help="(default: 1)")
-    g.add_argument(
-        "--n-components",
-        type=int,
-        default=d.n_components,
-        help=f"subspace dimension d (default: {d.n_components})",
-    )
+    if method != "twa":
+        g.add_argument(
+            "--n-components",
+            type=int,
+            default=d.n_components,
+            help=f"subspace dimension d (default: {d.n_components})",
+        )
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=None, help=f"(default: {m['epochs']})")
     g.add_argument(
@@ -72,21 +79,27 @@ def _add(sub, method: str) -> None:
         help="keep BatchNorm statistics as training left them (default: recompute "
         "them over the training data at the start and the end)",
     )
-    if method == "psgd":
+    if method in ("psgd", "twa"):
         g.add_argument("--lr", type=float, default=None, help=f"(default: {m['lr']})")
         g.add_argument("--momentum", type=float, default=d.momentum, help="(default: 0.9)")
         g.add_argument(
             "--weight-decay",
             type=float,
-            default=d.weight_decay,
-            help="L2 on the weights, projected into the subspace (default: 0)",
+            default=None,
+            help=f"L2 on the weights, projected into the subspace (default: {m['weight_decay']:g})",
         )
+        g.add_argument(
+            "--schedule",
+            default=d.schedule,
+            help=f"lr schedule per epoch, one of: {', '.join(SCHEDULES)} (default: multistep)",
+        )
+        marks = "50%% and 75%%" if method == "twa" else "75%%"
         g.add_argument(
             "--lr-milestones",
             type=int_list,
             default=None,
             metavar="E1,E2",
-            help="epochs after which lr x0.1 (default: at 75%% of --epochs)",
+            help=f"multistep: epochs after which lr x0.1 (default: at {marks} of --epochs)",
         )
     else:
         g.add_argument(

@@ -152,6 +152,7 @@ def fit(
     done = {"epoch": 0, "step": 0, "snapshots": 0, "wall_seconds": 0.0}
     if resume and ckpt_dir is not None and has_checkpoint(ckpt_dir):
         done = load_checkpoint(ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler)
+    distributed.same_on_all(done["step"], "the step to resume from")
     recorder = None
     if trajectory_dir is not None and main:
         recorder = TrajectoryRecorder(
@@ -176,6 +177,7 @@ def fit(
     model.train()
     for epoch in range(done["epoch"] + 1, epochs + 1):
         epoch_start = time.perf_counter()
+        epoch_lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
         # loss sum, hits, examples: summed across processes at the end of the epoch
         totals = torch.zeros(3, dtype=torch.float64, device=device)
         bar = progress_bar(num_steps, f"epoch {epoch}/{epochs}", progress)
@@ -241,7 +243,7 @@ def fit(
             "train_acc": hits / max(seen, 1),
             "test_loss": test_loss,
             "test_acc": test_acc,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": epoch_lr,
             "epoch_seconds": time.perf_counter() - epoch_start,
         }
         if extra_metrics is not None:

@@ -11,7 +11,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, M
 from ..errors import LowdimError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("multistep", "cosine", "constant")
+SCHEDULES = ("multistep", "cosine", "linear", "constant")
 
 
 def build_optimizer(
@@ -56,6 +56,7 @@ def build_schedule(
     - `multistep`: lr x `gamma` (default 0.1) at each epoch in `milestones` (default none).
     - `cosine`: lr_e = lr * (1 + cos(pi * e / epochs)) / 2, after `warmup_epochs` of linear
       warm-up (default 0).
+    - `linear`: lr_e = lr * (1 - e / epochs), reaching 0 after the last epoch.
     - `constant`: the lr never changes.
     """
     bad = [m for m in milestones if not 0 < m < epochs]
@@ -68,6 +69,8 @@ def build_schedule(
         return MultiStepLR(optimizer, milestones=sorted(milestones), gamma=gamma)
     if name == "constant":
         return LambdaLR(optimizer, lambda e: 1.0)
+    if name == "linear":
+        return LambdaLR(optimizer, lambda e: max(0.0, 1 - e / epochs))
     if name == "cosine":
         if warmup_epochs <= 0:
             return CosineAnnealingLR(optimizer, T_max=epochs)

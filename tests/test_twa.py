@@ -1,0 +1,101 @@
+"""TWA: the orthonormalised span of checkpoints, and `lowdim twa` on a train-sgd run."""
+
+import json
+
+import pytest
+import torch
+
+from lowdim.bases import load_basis
+from lowdim.bases.span import SpanBasis, span_of_rows
+from lowdim.cli import main
+
+
+def collinear_checkpoints(n=100, D=20_000, drift=1e-4):
+    """n checkpoints of one run: a common point plus a slow random walk (nearly collinear)."""
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(D, generator=g, dtype=torch.float64)
+    steps = drift * torch.randn(n, D, generator=g, dtype=torch.float64)
+    return (start + steps.cumsum(0)).float()
+
+
+def classical_gram_schmidt_float32(w):
+    """The textbook orthonormalisation, for contrast: each vector minus its projections on
+    the previous ones, all computed from the original vector, in float32."""
+    q = []
+    for v in w:
+        u = v.clone()
+        for prev in q:
+            u -= (prev @ v) * prev
+        q.append(u / u.norm())
+    return torch.stack(q)
+
+
+def orthogonality_error(rows):
+    r = rows.double()
+    return (r @ r.t() - torch.eye(len(r), dtype=torch.float64)).abs().max().item()
+
+
+def test_span_of_100_nearly_collinear_checkpoints_stays_orthonormal():
+    w = collinear_checkpoints()
+    basis = span_of_rows(w)
+    assert basis.dim == 100 and basis.rows.dtype == torch.float64
+    assert orthogonality_error(basis.rows) < 1e-10
+    assert basis.orthogonality_error() < 1e-10
+    assert orthogonality_error(classical_gram_schmidt_float32(w)) > 1e-2  # what it replaces
+    # The span holds every checkpoint, and the anchor is their plain average.
+    w64 = w.double()
+    residual = w64 - (w64 @ basis.rows.t()) @ basis.rows
+    assert residual.norm(dim=1).max() < 1e-9 * w64.norm(dim=1).max()
+    assert torch.allclose(basis.anchor, w64.mean(0))
+
+
+def test_repeated_checkpoints_add_no_direction_and_the_basis_round_trips(tmp_path):
+    w = collinear_checkpoints(n=6, D=500)
+    basis = span_of_rows(torch.cat([w, w[:2]]), window=(0, 8, 1))
+    assert basis.dim == 6
+    basis.save(tmp_path / "b.safetensors")
+    again = load_basis(tmp_path / "b.safetensors")
+    assert isinstance(again, SpanBasis) and again.window == (0, 8, 1)
+    assert torch.equal(again.rows, basis.rows) and torch.equal(again.anchor, basis.anchor)
+
+
+@pytest.fixture(scope="module")
+def sgd_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("twa") / "sgd"
+    args = "train-sgd --quiet --dataset digits --arch mlp --epochs 10 --save-dir".split()
+    assert main([*args, str(path)]) == 0
+    return path
+
+
+def test_twa_on_digits_reaches_sgd_and_reports_swa(sgd_run):
+    args = "twa --quiet --params-start 0 --params-end 11 --epochs 2 --lr 0.3".split()
+    assert main([*args, "--save-dir", str(sgd_run)]) == 0
+    s = json.loads((sgd_run / "twa" / "summary.json").read_text())
+    assert s["method"] == "twa" and s["subspace_dim"] == 11 and s["snapshots"] == 11
+    assert s["test_acc"] >= s["sgd_test_acc"] - 0.01
+    assert 0.5 < s["swa_test_acc"] <= 1 and s["orthogonality_error"] < 1e-10
+    assert (sgd_run / "twa" / "basis.safetensors").is_file()
+    assert (sgd_run / "twa" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["--schedule", "cyclic"], "unknown --schedule 'cyclic'"),
+        (["--params-start", "20"], "snapshot window [20, 11) is outside"),
+        (["--lr", "-1"], "--lr must be positive"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(sgd_run, capsys, args, expect):
+    cmd = ["twa", "--quiet", "--save-dir", str(sgd_run), "--name", "bad", *args]
+    assert main(cmd) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expect in err, err
+    assert not (sgd_run / "bad").exists()
+
+
+def test_linear_schedule_runs_to_zero(sgd_run):
+    args = "twa --quiet --epochs 2 --lr 0.3 --schedule linear --name lin".split()
+    assert main([*args, "--save-dir", str(sgd_run)]) == 0
+    lrs = [json.loads(line)["lr"] for line in (sgd_run / "lin" / "metrics.jsonl").open()]
+    assert lrs == pytest.approx([0.3, 0.15])
