@@ -118,7 +118,6 @@ def test_shared_basis_workers_equal_one_process_on_the_global_batch(tmp_path, fr
         data.test,
         epochs=2,
         batch_size=2 * BATCH,
-        drop_last=True,  # what several processes do with a short last global batch
         progress=False,
     )
     assert torch.allclose(flat.data, r0["theta"], atol=1e-5)

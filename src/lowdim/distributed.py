@@ -131,6 +131,32 @@ def same_on_all(value: int, what: str) -> None:
         )
 
 
+def weighted_mean_(tensors: list[torch.Tensor], weight: int, *, reduce: bool = True) -> None:
+    """Per-process means over `weight` examples (weight_r on process r) become the mean over
+    all of them, in place (no-op alone): each tensor is scaled by W * weight_r / sum_r weight_r
+    and, with `reduce` (default True), averaged across the W processes. Without `reduce` only
+    the scaling happens (one all-reduce of a single number), for optimisers that average
+    something smaller than the tensors themselves."""
+    world = world_size()
+    if world == 1:
+        return
+    total = torch.tensor(float(weight), dtype=torch.float64, device=tensors[0].device)
+    dist.all_reduce(total)
+    for t in tensors:
+        t.mul_(weight * world / total.item())
+        if reduce:
+            dist.all_reduce(t)
+            t.div_(world)
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics) to every process (no-op alone)."""
+    if world_size() == 1:
+        return
+    for b in module.buffers():
+        dist.broadcast(b, 0)
+
+
 def barrier() -> None:
     """Wait until every process gets here (a no-op alone)."""
     if world_size() > 1:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .bases import random_basis
 from .bases.random import RANDOM_KINDS, per_compartment_basis
 from .compress import save_subspace_model
@@ -135,6 +136,8 @@ def train_point(
         "train_acc": result.train_acc,
         "wall_seconds": result.wall_seconds,
     }
+    if not distributed.is_main():
+        return row
     save_subspace_model(
         folder / "subspace.safetensors",
         sub,
@@ -175,15 +178,17 @@ class Sweep:
             )
             if row not in self.rows:
                 self.rows.append(row)
-                with open(self.dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                if distributed.is_main():
+                    with open(self.dir / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(row) + "\n")
             accs.append(row["test_acc"])
         mean = sum(accs) / len(accs)
-        print(
-            f"d = {dim:>7}: mean test_acc {mean:.4f} over {len(accs)} seed(s)"
-            f"{'  >= 90%' if mean >= self.threshold else ''}",
-            flush=True,
-        )
+        if distributed.is_main():
+            print(
+                f"d = {dim:>7}: mean test_acc {mean:.4f} over {len(accs)} seed(s)"
+                f"{'  >= 90%' if mean >= self.threshold else ''}",
+                flush=True,
+            )
         return mean
 
     def grid(self, dims: list[int]) -> int | None:
@@ -245,7 +250,8 @@ def measure_intrinsic_dim(
         data=data,
     )
     threshold = 0.9 * baseline["test_acc"]
-    (save_dir / "metrics.jsonl").unlink(missing_ok=True)
+    if distributed.is_main():
+        (save_dir / "metrics.jsonl").unlink(missing_ok=True)
     sweep = Sweep(cfg, data, save_dir, threshold, progress)
     if cfg.search:
         d_int90 = sweep.search(cfg.search_min, cfg.search_max or probe.numel)
@@ -279,6 +285,7 @@ def measure_intrinsic_dim(
     }
     from .plots import plot_intrinsic
 
-    plot_intrinsic(summary, save_dir / "intrinsic_dim.png")
-    atomic_write_json(save_dir / "summary.json", summary)
+    if distributed.is_main():
+        plot_intrinsic(summary, save_dir / "intrinsic_dim.png")
+        atomic_write_json(save_dir / "summary.json", summary)
     return summary

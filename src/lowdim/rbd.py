@@ -94,7 +94,7 @@ def train_rbd(
         raise LowdimError(
             f"--epochs and --batch-size must be >= 1, got {cfg.epochs} and {cfg.batch_size}"
         )
-    device = distributed.setup(resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed)
     sgd_like = SGDConfig(dataset=cfg.dataset, arch=cfg.arch, hidden=cfg.hidden, seed=cfg.seed)
     model = model_for(sgd_like, data, device)
@@ -129,6 +129,7 @@ def train_rbd(
         resume=run.resumed,
         progress=progress,
         extra_metrics=lambda: {"step_cosine": optimizer.last_cosine},
+        average_gradients=False,  # RBD exchanges d coordinates, not gradients
     )
     method = "rbd-fixed" if cfg.fixed_basis else "rbd"
     run.save_outputs(

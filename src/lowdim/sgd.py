@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .data import Data, load_dataset
 from .errors import LowdimError
 from .io import load_tensors
@@ -61,16 +62,18 @@ class SGDConfig:
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """`name`, or CUDA when available and the CPU otherwise; a clear error for a bad name."""
+    """The device this process trains on: `name`, or CUDA when available and the CPU
+    otherwise; a clear error for a bad name. Under torchrun it also joins the process group
+    (see `lowdim.distributed.setup`; CUDA processes take cuda:LOCAL_RANK)."""
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.setup(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         device = torch.device(name)
     except RuntimeError:
         raise LowdimError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LowdimError(f"--device {name} asked for CUDA, but no CUDA device is available")
-    return device
+    return distributed.setup(device)
 
 
 def check_config(cfg: SGDConfig) -> None:

@@ -60,7 +60,8 @@ def shard_slices(
     A global batch is `world * batch_size` consecutive positions; process r takes its r-th
     `batch_size` of them, so one process with `world * batch_size` sees exactly the union. A
     short last global batch (kept unless `drop_last`) may leave some processes a short or an
-    empty slice; empty ones are omitted.
+    empty slice (lo == hi): every process gets the same number of slices, so that processes
+    that exchange something after every batch stay in step.
     """
     rank, world = shard
     if not 0 <= rank < world:
@@ -69,9 +70,7 @@ def shard_slices(
     out = []
     for b in range(start_batch, count):
         lo = min(n, (b * world + rank) * batch_size)
-        hi = min(n, lo + batch_size)
-        if lo < hi:
-            out.append((b, lo, hi))
+        out.append((b, lo, min(n, lo + batch_size)))
     return out
 
 

@@ -122,8 +122,10 @@ class StreamSplit:
         use_augment = self.augment and (shuffle if augment is None else augment)
         base = derive_seed("augment", seed, epoch) if use_augment else None
         order = epoch_order(n, shuffle, seed, epoch)
-        # Only a process's last slice can be short, so the loader's batches are its slices.
+        # Only a process's last slice can be short, so the loader's batches are its slices;
+        # an empty last slice (several processes, a short last global batch) is yielded after.
         sampler = _EpochSampler(order, base, [(lo, hi) for _, lo, hi in slices])
+        empty_last = bool(slices) and slices[-1][1] == slices[-1][2]
         target = torch.device(device) if device is not None else torch.device("cpu")
         cuda = target.type == "cuda"
         loader = DataLoader(
@@ -141,6 +143,9 @@ class StreamSplit:
         try:
             for xb, idx in batches:
                 yield xb.to(target, non_blocking=cuda), self.y[idx].to(target, non_blocking=cuda)
+            if empty_last:
+                shape = self.source.load(0, None).shape
+                yield torch.empty(0, *shape, device=target), self.y[:0].to(target)
         except LowdimError as e:
             message = _one_line_message(e)
         finally:

@@ -62,6 +62,8 @@ def evaluate(
     totals = torch.zeros(3, dtype=torch.float64, device=device)
     shard = (distributed.rank(), distributed.world_size())
     for x, y in split.batches(batch_size, device=device, shard=shard):
+        if len(y) == 0:
+            continue
         out = model(x)
         totals[0] += loss_fn(out, y).double() * len(y)
         totals[1] += (out.argmax(1) == y).sum()
@@ -103,6 +105,7 @@ def fit(
     extra_metrics: Callable[[], dict] | None = None,
     log: Callable[[str], None] | None = None,
     drop_last: bool = False,
+    average_gradients: bool = True,
 ) -> FitResult:
     """Train `model` for `epochs` epochs of `train` (a `lowdim.data.Split`), evaluating on `test`.
 
@@ -124,11 +127,17 @@ def fit(
     receives the one-line epoch summaries (default: print to stderr when `progress`).
 
     Under several processes (see `lowdim.distributed`), `batch_size` is per process: each
-    takes its slice of every global batch of world * batch_size, a short last global batch is
-    dropped (as `drop_last` does alone; default False), metrics are summed across processes,
+    takes its slice of every global batch of world * batch_size (a short last global batch
+    is kept, as alone, unless `drop_last`; default False), metrics are summed across processes,
     and only rank 0 writes `run_dir`, the trajectory and the log; every process reads the
-    checkpoint on resume. Exchanging gradients or coordinates is the optimiser's (or a wrapped
-    model's) business: the weights must stay identical on every process.
+    checkpoint on resume. With `average_gradients` (default True) each closure averages the
+    minibatch loss and the gradient across processes, weighted by their examples, which gives
+    the global batch's mean (data parallel: one all-reduce of `flat.grad`, D numbers, or of
+    each trainable parameter's gradient without `flat`); an optimiser that exchanges less
+    itself (RBD: d coordinates) passes False, and gets each process's loss and gradient scaled
+    so that their plain mean across processes is the global batch's mean. Either way the
+    weights stay identical on every process; BatchNorm statistics, which each process gathers
+    from its own slices, are replaced by rank 0's at the end of every epoch.
     """
     if epochs < 0:
         raise LowdimError(f"--epochs must be >= 0, got {epochs}")
@@ -143,7 +152,6 @@ def fit(
     rank, world = distributed.rank(), distributed.world_size()
     main = rank == 0
     progress = progress and main
-    drop_last = drop_last or world > 1
     if log is None or not main:
         log = _stderr if progress else (lambda _: None)
     run_dir = Path(run_dir) if run_dir is not None else None
@@ -169,6 +177,13 @@ def fit(
             tensorboard_dir=run_dir / "tensorboard" if tensorboard else None,
         )
     history = list(metrics.records) if metrics else []
+
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grads() -> list[Tensor]:
+        if flat is not None:
+            return [flat.grad]
+        return [p.grad for p in params if p.grad is not None]
 
     started = time.perf_counter()
     step = done["step"]
@@ -202,6 +217,8 @@ def fit(
                 total = torch.zeros((), device=device)
                 stash = not first
                 for x, y in micro:
+                    if len(y) == 0:  # this process's empty share of a short last batch
+                        continue
                     with torch.set_grad_enabled(backward):
                         out = model(x)
                         data_loss = loss_fn(out, y) * (len(y) / n)
@@ -213,6 +230,9 @@ def fit(
                     total += loss.detach()
                     if stash:  # the pre-step data loss and hits, for the running metrics
                         first.append((data_loss.detach() * n, (out.detach().argmax(1) == y).sum()))
+                if world > 1:
+                    parts = [total, *grads()] if backward else [total]
+                    distributed.weighted_mean_(parts, n, reduce=average_gradients)
                 return total
 
             optimizer.step(closure)
@@ -227,6 +247,7 @@ def fit(
         bar.close()
         if scheduler is not None:
             scheduler.step()
+        distributed.broadcast_buffers(model)
         loss_sum, hits, seen = distributed.all_reduce_sum(totals).tolist()
         train_loss = loss_sum / max(seen, 1)
         if not math.isfinite(train_loss):
