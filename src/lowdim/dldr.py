@@ -25,7 +25,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from . import distributed
 from .bases import Basis, load_basis, trajectory_pca
+from .bases.sharded import shard_bounds, shard_pca_basis, shard_span_basis
 from .bases.span import trajectory_span
 from .data import load_dataset
 from .errors import LowdimError
@@ -60,7 +65,9 @@ class SubspaceConfig:
     the training set so that an epoch has at least eight steps on small data. `n_components`
     is PCA's (TWA spans every checkpoint of the window). `schedule`: "multistep" (lr x0.1 at
     `lr_milestones`, default at 75% of the epochs for P-SGD, 50% and 75% for TWA), "cosine",
-    "linear" (to 0 at the end) or "constant".
+    "linear" (to 0 at the end) or "constant". `shard_basis`: under several processes, each
+    extracts and holds only its 1/R slice of the basis along the parameters (see
+    `lowdim.bases.sharded`); the basis file is then not written.
     """
 
     method: str = "pbfgs"
@@ -83,6 +90,7 @@ class SubspaceConfig:
     residual_gamma: float = 0.9
     accumulate: int = 1
     bn_recompute: bool = True
+    shard_basis: bool = False
     seed: int = 0
     device: str | None = None
 
@@ -132,7 +140,24 @@ def read_sgd_run(sgd_dir: Path) -> tuple[SGDConfig, dict]:
 
 
 def extract_basis(trajectory: Trajectory, cfg: SubspaceConfig) -> Basis:
-    """TWA: the orthonormalised span of the window; DLDR: its top PCA directions."""
+    """TWA: the orthonormalised span of the window; DLDR: its top PCA directions. With
+    `cfg.shard_basis` under several processes, this process's slice of it."""
+    if cfg.shard_basis and distributed.world_size() > 1:
+        end = len(trajectory) if cfg.params_end is None else cfg.params_end
+        window = trajectory.window(cfg.params_start, end, cfg.params_stride)
+        num_params = window.shape[1]
+        lo, hi = shard_bounds(num_params, distributed.world_size(), distributed.rank())
+        block = window[:, lo:hi]
+        spec = (cfg.params_start, end, cfg.params_stride)
+        if cfg.method == "twa":
+            spec = (
+                cfg.params_start,
+                cfg.params_start + cfg.params_stride * len(window),
+                cfg.params_stride,
+            )
+            block = torch.from_numpy(np.asarray(block, dtype=np.float64))
+            return shard_span_basis(block, lo, hi, num_params, spec)
+        return shard_pca_basis(block, cfg.n_components, lo, hi, num_params, spec)
     if cfg.method == "twa":
         return trajectory_span(
             trajectory, start=cfg.params_start, end=cfg.params_end, stride=cfg.params_stride
@@ -194,13 +219,15 @@ def train_in_subspace(
         return run.read_summary()
     started = time.perf_counter()
     basis_file = run.path / "basis.safetensors"
-    if run.resumed and basis_file.exists():
+    sharded = cfg.shard_basis and distributed.world_size() > 1
+    if run.resumed and basis_file.exists() and not sharded:
         basis = load_basis(basis_file, layout=flat.layout())
     else:
         basis = extract_basis(trajectory, cfg)
     basis_seconds = time.perf_counter() - started
     run.start()
-    basis.save(basis_file, layout=flat.layout())
+    if not sharded:
+        basis.save(basis_file, layout=flat.layout())
     if pca:
         plot_spectrum(
             basis.explained_variance_ratio,
@@ -238,6 +265,7 @@ def train_in_subspace(
         accumulate=cfg.accumulate,
         progress=progress,
         extra_metrics=extra,
+        flat=flat,  # several processes average the gradient as one D-vector
     )
     test_loss, test_acc = result.test_loss, result.test_acc
     if cfg.bn_recompute and recompute_batchnorm(model, train, device=device):
@@ -271,6 +299,8 @@ def train_in_subspace(
         "sgd_test_acc": sgd_summary["test_acc"],
         "sgd_wall_seconds": sgd_summary["wall_seconds"],
         "device": str(device),
+        "world_size": distributed.world_size(),
+        "basis_bytes_per_process": basis.bytes_held(),
     }
     if pca:
         summary["explained_variance"] = float(basis.explained_variance_ratio.sum())

@@ -70,6 +70,10 @@ class Basis(ABC):
         """Its plain settings (what `save` writes as metadata); JSON-ready."""
         return {}
 
+    def bytes_held(self) -> int:
+        """Bytes of the tensors it keeps in memory (by default, those it saves)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
     @classmethod
     @abstractmethod
     def from_state(cls, tensors: dict[str, Tensor], numbers: dict) -> Basis:

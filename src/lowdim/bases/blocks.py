@@ -19,13 +19,6 @@ from ..errors import LowdimError
 from .base import Basis, basis_from_state
 
 
-def _bytes_held(basis: Basis) -> int:
-    held = getattr(basis, "bytes_held", None)
-    if held is not None:
-        return int(held())
-    return sum(t.numel() * t.element_size() for t in basis.tensors().values())
-
-
 def _cat(parts: list[Tensor]) -> Tensor:
     """The parts end to end, in the widest of their dtypes (children may differ)."""
     dtype = parts[0].dtype
@@ -141,4 +134,4 @@ class BlockBasis(Basis):
 
     def bytes_held(self) -> int:
         """Bytes of the tensors its children keep."""
-        return sum(_bytes_held(b) for _, _, b in self.blocks)
+        return sum(b.bytes_held() for _, _, b in self.blocks)

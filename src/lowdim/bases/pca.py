@@ -94,12 +94,16 @@ def pca_of_rows(
     *,
     dtype: torch.dtype = torch.float32,
     window: tuple[int, int, int] | None = None,
+    reduce=None,
 ) -> PCABasis:
     """The top `n_components` principal directions of the rows of `matrix` (t x D).
 
     `matrix` is anything sliceable by columns into arrays: a numpy array or memory map (read a
     block at a time), or a CPU tensor. The Gram matrix and its eigendecomposition run in
     float64; the directions are formed in float32 and stored in `dtype` (default float32).
+    `reduce(gram)`, if given, completes the t x t Gram matrix in place before it is
+    decomposed: with `matrix` a slice of the parameters, summing the slices' Gram matrices
+    across processes gives each its slice of the whole PCA (see `bases.sharded`).
     """
     if isinstance(matrix, Tensor):
         matrix = matrix.detach().cpu().numpy()
@@ -128,6 +132,8 @@ def pca_of_rows(
         g_bb.addmm_(b, b.t())
         mean[j : j + block.shape[1]] = block_mean
     gram[:h, :h], gram[h:, :h], gram[:h, h:], gram[h:, h:] = g_aa, g_ba, g_ba.t(), g_bb
+    if reduce is not None:
+        reduce(gram)
     evals, evecs = torch.linalg.eigh(gram)  # ascending
     evals, evecs = evals.flip(0), evecs.flip(1)
     total = evals.clamp(min=0).sum()

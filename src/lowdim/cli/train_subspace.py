@@ -135,7 +135,14 @@ def _add(sub, method: str) -> None:
             default=d.residual_gamma,
             help="residual momentum decay (default: 0.9)",
         )
-    add_session_options(p.add_argument_group("run"))
+    g = p.add_argument_group("run")
+    g.add_argument(
+        "--shard-basis",
+        action="store_true",
+        help="under torchrun, each process holds only its 1/R slice of the basis (along the "
+        "parameters); no basis file is written",
+    )
+    add_session_options(g)
     p.set_defaults(run=run, method=method)
 
 

@@ -1,0 +1,188 @@
+"""A basis split along the parameter axis over the processes of a run: each of R processes holds
+P's rows for its own D/R parameters, so the basis's memory per process falls by R.
+
+    P^T g = sum_r P_r^T g_r     each process its partial product, one all-reduce of d numbers
+    P c   = [P_1 c; ...; P_R c] each process its own piece, one all-gather of D numbers
+
+Extraction is sharded too: PCA sums the processes' partial Gram matrices (t x t), and the span
+of checkpoints is a tall-skinny QR (each process factors its block, the small R factors are
+gathered and factored again), so no process ever holds a D-long row of the basis.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .. import distributed
+from ..errors import LowdimError
+from .base import Basis
+from .dense import DenseBasis
+from .pca import pca_of_rows
+from .span import SpanBasis
+
+
+def shard_bounds(num_params: int, world: int, rank: int) -> tuple[int, int]:
+    """[lo, hi): process `rank`'s contiguous share of `num_params` (sizes differ by <= 1)."""
+    base, extra = divmod(num_params, world)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (rank < extra)
+
+
+class ShardedBasis(Basis):
+    """P (D x d) of which this process holds `local`, the rows for parameters [lo, hi).
+
+    Needs torch.distributed initialised; every process must call `project` and `expand` at
+    the same points (they are collectives). Not saved to files: it is rebuilt per process.
+    `anchor` (the whole D-vector the subspace is attached to), `window` and
+    `explained_variance_ratio` are carried for the training job, as the unsharded bases have.
+    """
+
+    kind = ""  # never written: a run layout, not a kind of basis
+
+    def __init__(
+        self,
+        local: DenseBasis,
+        lo: int,
+        hi: int,
+        num_params: int,
+        *,
+        anchor: Tensor | None = None,
+        window: tuple[int, int, int] | None = None,
+        explained_variance_ratio: Tensor | None = None,
+    ) -> None:
+        if local.num_params != hi - lo:
+            raise LowdimError(f"the shard holds {local.num_params} parameters, not {hi - lo}")
+        self.local, self.lo, self.hi, self._num_params = local, lo, hi, num_params
+        self.anchor, self.window = anchor, window
+        self.explained_variance_ratio = explained_variance_ratio
+        self.world = distributed.world_size()
+
+    @property
+    def num_params(self) -> int:
+        return self._num_params
+
+    @property
+    def dim(self) -> int:
+        return self.local.dim
+
+    def project(self, g: Tensor) -> Tensor:
+        partial = self.local.project(g[self.lo : self.hi])
+        if self.world > 1:
+            dist.all_reduce(partial)
+        return partial
+
+    def expand(self, c: Tensor) -> Tensor:
+        return gather_vector(self.local.expand(c), self.num_params)
+
+    def expand_add_(self, target: Tensor, c: Tensor, alpha: float = 1.0) -> Tensor:
+        return target.add_(self.expand(c).to(target.dtype), alpha=alpha)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return self.local.tensors()
+
+    def bytes_held(self) -> int:
+        """Bytes of P this process holds: about 1/R of the whole."""
+        return self.local.bytes_held()
+
+    def orthogonality_error(self) -> float:
+        """max |P^T P - I| over the whole basis (the Gram of the shards, summed)."""
+        r = self.local.rows.double()
+        gram = r @ r.t()
+        if self.world > 1:
+            dist.all_reduce(gram)
+        return (gram - torch.eye(len(r), dtype=gram.dtype, device=gram.device)).abs().max().item()
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, Tensor], numbers: dict) -> ShardedBasis:
+        raise LowdimError("a sharded basis is rebuilt by each process, not loaded from a file")
+
+    def to(self, device=None, dtype=None) -> ShardedBasis:
+        return ShardedBasis(
+            self.local.to(device, dtype),
+            self.lo,
+            self.hi,
+            self.num_params,
+            anchor=self.anchor,
+            window=self.window,
+            explained_variance_ratio=self.explained_variance_ratio,
+        )
+
+
+def gather_vector(piece: Tensor, num_params: int) -> Tensor:
+    """The whole D-vector from every process's piece [lo, hi) (see `shard_bounds`)."""
+    world = distributed.world_size()
+    if world == 1:
+        return piece
+    bounds = [shard_bounds(num_params, world, r) for r in range(world)]
+    # all_gather wants equal sizes: pad every piece to the largest share.
+    size = max(hi - lo for lo, hi in bounds)
+    padded = torch.zeros(size, dtype=piece.dtype, device=piece.device)
+    padded[: len(piece)] = piece
+    pieces = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(pieces, padded)
+    return torch.cat([p[: hi - lo] for p, (lo, hi) in zip(pieces, bounds, strict=True)])
+
+
+def sharded_span(block: Tensor, *, rtol: float = 1e-10) -> tuple[Tensor, Tensor, Tensor]:
+    """Tall-skinny QR of the checkpoints, split by columns over the processes.
+
+    `block` is this process's (n, D_r) slice of the n checkpoints. Returns (rows, mean, keep):
+    this process's (r, D_r) slice of the orthonormal rows that `span_of_rows` would give for
+    the whole matrix (up to the signs of the directions, fixed by R's diagonal), its slice of
+    the checkpoints' mean, and which of the n directions were kept. Each process factors
+    W_r^T = Q_r R_r; the R_r are gathered and factored, [R_1; ...; R_R] = Q' R; then
+    Q = diag(Q_r) Q' and only n x n matrices ever travel.
+    """
+    w = block.to(torch.float64)
+    n, width = w.shape
+    if width < n:
+        raise LowdimError(
+            f"each process needs at least as many parameters ({width}) as checkpoints ({n}); "
+            "use fewer processes or fewer checkpoints"
+        )
+    q_local, r_local = torch.linalg.qr(w.t(), mode="reduced")
+    world, rank = distributed.world_size(), distributed.rank()
+    stack = [torch.empty_like(r_local) for _ in range(world)]
+    if world > 1:
+        dist.all_gather(stack, r_local.contiguous())
+    else:
+        stack = [r_local]
+    q_small, r = torch.linalg.qr(torch.cat(stack), mode="reduced")
+    diag = r.diagonal().abs()
+    keep = diag > rtol * diag.max()
+    q = q_local @ q_small[rank * n : (rank + 1) * n]
+    return q[:, keep].t().contiguous(), w.mean(0), keep
+
+
+def shard_span_basis(block: Tensor, lo: int, hi: int, num_params: int, window) -> ShardedBasis:
+    """The TWA basis of a sharded window, with its whole anchor (the average) on every process."""
+    rows, mean, _ = sharded_span(block)
+    anchor = gather_vector(mean, num_params)
+    return ShardedBasis(
+        SpanBasis(rows, mean, window), lo, hi, num_params, anchor=anchor, window=tuple(window)
+    )
+
+
+def shard_pca_basis(
+    block, n_components: int, lo: int, hi: int, num_params: int, window
+) -> ShardedBasis:
+    """DLDR's PCA basis of a sharded window: the partial Gram matrices are summed across the
+    processes, so every process gets the same spectrum and its own slice of the directions;
+    the anchor (the window's first snapshot) is whole on every process."""
+
+    def all_reduce(gram: Tensor) -> None:
+        if distributed.world_size() > 1:
+            dist.all_reduce(gram)
+
+    local = pca_of_rows(block, n_components, window=tuple(window), reduce=all_reduce)
+    return ShardedBasis(
+        local,
+        lo,
+        hi,
+        num_params,
+        anchor=gather_vector(local.anchor, num_params),
+        window=local.window,
+        explained_variance_ratio=local.explained_variance_ratio,
+    )
