@@ -1,0 +1,121 @@
+"""TWA's subspace against DLDR's, and a basis sharded over processes.
+
+1. Extraction, side by side on the same window (41 nearly collinear snapshots of a
+   ResNet-20-sized network, D = 269,722: a random walk of small steps): TWA's span (thin
+   Householder QR in float64) against DLDR's PCA (40 components, Gram matrix in float64), in
+   seconds, with the orthogonality error max |P^T P - I| of each.
+2. Sharding: the same TWA basis built and held by R = 1, 2, 4 gloo processes on this machine
+   (tall-skinny QR): bytes of P per process, seconds to extract, and what one projected step
+   exchanges, against plain data parallelism.
+
+    python benchmarks/bench_twa.py
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from common import write_result
+
+from lowdim.bases.pca import pca_of_rows
+from lowdim.bases.sharded import shard_bounds, shard_span_basis
+from lowdim.bases.span import span_of_rows
+
+D, N = 269_722, 41
+
+
+def window_block(lo: int, hi: int) -> torch.Tensor:
+    """Columns [lo, hi) of the synthetic window, generated per column block so that every
+    process can make its own slice alone."""
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(D, generator=g)[lo:hi]
+    steps = 1e-3 * torch.randn(N, D, generator=g)[:, lo:hi]
+    return start + steps.cumsum(0)
+
+
+def extraction() -> list[dict]:
+    w = window_block(0, D)
+    rows = []
+    for name, make in (
+        ("twa span (QR, float64)", lambda: span_of_rows(w)),
+        ("dldr pca (40 components)", lambda: pca_of_rows(w.numpy(), 40)),
+    ):
+        make()  # warm-up
+        start = time.perf_counter()
+        basis = make()
+        seconds = time.perf_counter() - start
+        rows.append(
+            {
+                "kind": "extraction",
+                "basis": name,
+                "snapshots": N,
+                "D": D,
+                "d": basis.dim,
+                "seconds": round(seconds, 3),
+                "orthogonality_error": float(f"{basis.orthogonality_error():.3g}"),
+                "bytes": basis.bytes_held(),
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def shard_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(max(1, torch.get_num_threads() // world))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    lo, hi = shard_bounds(D, world, rank)
+    block = window_block(lo, hi).double()
+    dist.barrier()
+    start = time.perf_counter()
+    basis = shard_span_basis(block, lo, hi, D, (0, N, 1))
+    seconds = time.perf_counter() - start
+    torch.save({"bytes": basis.bytes_held(), "seconds": seconds, "d": basis.dim}, f"{out}/{rank}")
+    dist.destroy_process_group()
+
+
+def sharding() -> list[dict]:
+    rows = []
+    for world in (1, 2, 4):
+        with tempfile.TemporaryDirectory() as out, socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            s.close()
+            mp.spawn(shard_worker, args=(world, port, out), nprocs=world, join=True)
+            got = [torch.load(f"{out}/{r}", weights_only=True) for r in range(world)]
+        d = got[0]["d"]
+        rows.append(
+            {
+                "kind": "sharded",
+                "processes": world,
+                "bytes_per_process": max(g["bytes"] for g in got),
+                "extract_seconds": round(max(g["seconds"] for g in got), 3),
+                # per projected step, per process, float32 numbers handed to collectives
+                "data_parallel_numbers": D if world > 1 else 0,
+                "sharded_numbers": (D + d + D) if world > 1 else 0,
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    rows = extraction() + sharding()
+    path = write_result(
+        "twa",
+        rows,
+        notes="extraction: same window for both; sharded: TWA span by tall-skinny QR over R "
+        "gloo processes on one machine; numbers per step = gradient all-reduce (D), the "
+        "partial projections (d) and the gathered step (D)",
+    )
+    print(f"-> {path}")
+
+
+if __name__ == "__main__":
+    main()
