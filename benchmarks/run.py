@@ -5,7 +5,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["bench_train_loop.py", "bench_dldr.py", "bench_subspace.py", "bench_rbd.py", "bench_twa.py"]
+BENCHMARKS = [
+    "bench_train_loop.py",
+    "bench_dldr.py",
+    "bench_subspace.py",
+    "bench_rbd.py",
+    "bench_twa.py",
+]
 
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE))
