@@ -69,3 +69,26 @@ def test_two_processes_equal_one_on_the_global_batch(sgd_run, tmp_path, free_por
     if command.endswith("sharded"):  # each process held half of the basis
         assert two["basis_bytes_per_process"] <= 0.51 * one["basis_bytes_per_process"]
         assert not (sgd_run / f"{command}-two" / "basis.safetensors").exists()
+
+
+STANDALONE = {
+    "train-sgd": "train-sgd --dataset digits --arch mlp --epochs 2",
+    "intrinsic-dim": "intrinsic-dim --dataset digits --arch mlp --projection fastfood "
+    "--dims 40 --epochs 2 --seeds 1",
+}
+
+
+@pytest.mark.parametrize("command", STANDALONE)
+def test_commands_without_a_parent_run_too(tmp_path, free_port, command):
+    base = [*STANDALONE[command].split(), "--quiet"]
+    assert main([*base, "--save-dir", str(tmp_path / "one"), "--batch-size", "64"]) == 0
+    argv = [*base, "--save-dir", str(tmp_path / "two"), "--batch-size", "32"]
+    mp.spawn(worker, args=(free_port, argv, str(tmp_path)), nprocs=2, join=True)
+    assert [(tmp_path / f"code{r}").read_text() for r in (0, 1)] == ["0", "0"]
+    one, two = (json.loads((tmp_path / k / "summary.json").read_text()) for k in ("one", "two"))
+    if command == "train-sgd":
+        assert abs(one["test_acc"] - two["test_acc"]) <= 1 / 360
+        assert one["test_loss"] == pytest.approx(two["test_loss"], rel=1e-4)
+    else:
+        assert one["baseline_acc"] == pytest.approx(two["baseline_acc"], abs=1 / 360)
+        assert one["mean_acc"]["40"] == pytest.approx(two["mean_acc"]["40"], abs=1 / 360)
