@@ -99,3 +99,52 @@ def test_linear_schedule_runs_to_zero(sgd_run):
     assert main([*args, "--save-dir", str(sgd_run)]) == 0
     lrs = [json.loads(line)["lr"] for line in (sgd_run / "lin" / "metrics.jsonl").open()]
     assert lrs == pytest.approx([0.3, 0.15])
+
+
+def test_projected_adamw_equals_torch_adamw_on_the_coordinates():
+    from torch import nn
+
+    from lowdim.bases import DenseBasis
+    from lowdim.optim import PAdamW
+    from lowdim.params import FlatParams
+    from lowdim.subspace_model import SubspaceModel
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+
+    D = sum(p.numel() for p in net().parameters())
+    basis = DenseBasis(torch.randn(6, D, generator=torch.Generator().manual_seed(3)) / D**0.5)
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(10, 5, generator=g), torch.randint(0, 3, (10,), generator=g))] * 4
+    ours_net = net()
+    flat = FlatParams(ours_net)
+    ours = PAdamW(flat, basis, lr=0.05, weight_decay=0.1)
+    sub = SubspaceModel(net(), basis)
+    ref = torch.optim.AdamW(sub.parameters(), lr=0.05, weight_decay=0.1)
+    for x, y in data:
+        ours.zero_grad()
+        nn.functional.cross_entropy(ours_net(x), y).backward()
+        ours.step()
+        ref.zero_grad()
+        nn.functional.cross_entropy(sub(x), y).backward()
+        ref.step()
+    assert torch.allclose(flat.data, sub.theta().detach(), atol=1e-6)
+    assert torch.allclose(ours.state[flat.data]["coords"], sub.coords.detach(), atol=1e-6)
+
+
+def test_journal_variant_trains_per_layer_coefficients(sgd_run):
+    args = "twa --quiet --variant journal --epochs 3 --name journal".split()
+    assert main([*args, "--save-dir", str(sgd_run)]) == 0
+    s = json.loads((sgd_run / "journal" / "summary.json").read_text())
+    assert s["variant"] == "journal" and s["subspace_dim"] == 11 * 3  # checkpoints x layers
+    assert s["test_acc"] >= s["sgd_test_acc"] - 0.01
+    basis = load_basis(sgd_run / "journal" / "basis.safetensors")
+    assert basis.kind == "layer-deviations" and basis.dim == 33
+    for _, _, block in basis.blocks:  # unit deviation per checkpoint and layer
+        assert torch.allclose(block.rows.norm(dim=1), torch.ones(block.dim), atol=1e-5)
+    config = json.loads((sgd_run / "journal" / "config.json").read_text())
+    assert config["schedule"] == "cosine" and config["lr"] == 0.01
+    lrs = [json.loads(line)["lr"] for line in (sgd_run / "journal" / "metrics.jsonl").open()]
+    # 20% warm-up rounds to 1 epoch of 3 (at lr from its start), then the cosine half-wave
+    assert lrs == pytest.approx([0.01, 0.01, 0.005])

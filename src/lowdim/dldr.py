@@ -31,10 +31,10 @@ import torch
 from . import distributed
 from .bases import Basis, load_basis, trajectory_pca
 from .bases.sharded import shard_bounds, shard_pca_basis, shard_span_basis
-from .bases.span import trajectory_span
+from .bases.span import layer_deviations, trajectory_span
 from .data import load_dataset
 from .errors import LowdimError
-from .optim import PBFGS, PSGD
+from .optim import PBFGS, PSGD, PAdamW
 from .params import FlatParams
 from .plots import plot_spectrum
 from .rundir import CONFIG, SUMMARY, RunDir
@@ -54,6 +54,8 @@ DEFAULTS = {
     "twa": {"lr": 2.0, "batch_size": 128, "epochs": 10, "weight_decay": 1e-5},
 }
 MILESTONES = {"psgd": (0.75,), "pbfgs": (), "twa": (0.5, 0.75)}  # fractions of the epochs
+VARIANTS = ("iclr", "journal")  # TWA's: orthonormal span + P-SGD, or per-layer + AdamW
+JOURNAL_LR = 0.01
 
 
 @dataclass
@@ -65,7 +67,10 @@ class SubspaceConfig:
     the training set so that an epoch has at least eight steps on small data. `n_components`
     is PCA's (TWA spans every checkpoint of the window). `schedule`: "multistep" (lr x0.1 at
     `lr_milestones`, default at 75% of the epochs for P-SGD, 50% and 75% for TWA), "cosine",
-    "linear" (to 0 at the end) or "constant". `shard_basis`: under several processes, each
+    "linear" (to 0 at the end) or "constant"; default multistep, or cosine with 20% warm-up
+    for TWA's `variant` "journal" (per-layer coefficients on the checkpoints' deviations from
+    their mean, trained by projected AdamW; default lr 0.01). `shard_basis`: under several
+    processes, each
     extracts and holds only its 1/R slice of the basis along the parameters (see
     `lowdim.bases.sharded`); the basis file is then not written.
     """
@@ -80,7 +85,8 @@ class SubspaceConfig:
     batch_size: int | None = None
     momentum: float = 0.9
     weight_decay: float | None = None
-    schedule: str = "multistep"
+    schedule: str | None = None
+    variant: str = "iclr"
     lr_milestones: list[int] | None = None
     sigma: float = 0.4
     shrink: float = 0.4
@@ -101,7 +107,16 @@ class SubspaceConfig:
         d = DEFAULTS[self.method]
         out = SubspaceConfig(**asdict(self))
         out.epochs = d["epochs"] if self.epochs is None else self.epochs
-        out.lr = d["lr"] if self.lr is None else self.lr
+        journal = self.method == "twa" and self.variant == "journal"
+        if self.variant not in VARIANTS:
+            raise LowdimError(
+                f"unknown --variant {self.variant!r}; choose one of: {', '.join(VARIANTS)}"
+            )
+        out.lr = (JOURNAL_LR if journal else d["lr"]) if self.lr is None else self.lr
+        if self.schedule is None:
+            out.schedule = "cosine" if journal else "multistep"
+        if journal and self.shard_basis:
+            raise LowdimError("--shard-basis works with PCA and TWA's iclr variant, not journal")
         out.weight_decay = d["weight_decay"] if self.weight_decay is None else self.weight_decay
         if out.lr <= 0:
             raise LowdimError(f"--lr must be positive, got {out.lr}")
@@ -109,15 +124,15 @@ class SubspaceConfig:
             raise LowdimError(f"--momentum must be in [0, 1), got {out.momentum}")
         if out.weight_decay < 0:
             raise LowdimError(f"--weight-decay must be >= 0, got {out.weight_decay}")
-        if self.schedule not in SCHEDULES:
+        if out.schedule not in SCHEDULES:
             raise LowdimError(
-                f"unknown --schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}"
+                f"unknown --schedule {out.schedule!r}; choose one of: {', '.join(SCHEDULES)}"
             )
         if self.batch_size is None:
             out.batch_size = d["batch_size"]
             if self.method == "pbfgs":
                 out.batch_size = max(1, min(d["batch_size"], num_train // 8))
-        if self.schedule != "multistep":
+        if out.schedule != "multistep":
             out.lr_milestones = []
         elif self.lr_milestones is None:
             marks = {round(f * out.epochs) for f in MILESTONES[self.method]}
@@ -158,6 +173,19 @@ def extract_basis(trajectory: Trajectory, cfg: SubspaceConfig) -> Basis:
             block = torch.from_numpy(np.asarray(block, dtype=np.float64))
             return shard_span_basis(block, lo, hi, num_params, spec)
         return shard_pca_basis(block, cfg.n_components, lo, hi, num_params, spec)
+    if cfg.method == "twa" and cfg.variant == "journal":
+        end = len(trajectory) if cfg.params_end is None else cfg.params_end
+        window = trajectory.window(cfg.params_start, end, cfg.params_stride)
+        spec = (
+            cfg.params_start,
+            cfg.params_start + cfg.params_stride * len(window),
+            cfg.params_stride,
+        )
+        return layer_deviations(
+            torch.from_numpy(np.asarray(window, dtype=np.float64)),
+            trajectory.layout,
+            window=spec,
+        )
     if cfg.method == "twa":
         return trajectory_span(
             trajectory, start=cfg.params_start, end=cfg.params_end, stride=cfg.params_stride
@@ -248,7 +276,11 @@ def train_in_subspace(
         recompute_batchnorm(model, train, device=device)
     optimizer, extra = _optimizer(cfg, flat, basis, model, train)
     scheduler = build_schedule(
-        cfg.schedule, optimizer, epochs=cfg.epochs, milestones=cfg.lr_milestones
+        cfg.schedule,
+        optimizer,
+        epochs=cfg.epochs,
+        milestones=cfg.lr_milestones,
+        warmup_epochs=round(0.2 * cfg.epochs) if cfg.variant == "journal" else 0,
     )
     result = fit(
         model,
@@ -306,7 +338,9 @@ def train_in_subspace(
         summary["explained_variance"] = float(basis.explained_variance_ratio.sum())
     else:
         summary["swa_test_loss"], summary["swa_test_acc"] = swa
-        summary["orthogonality_error"] = basis.orthogonality_error()
+        summary["variant"] = cfg.variant
+        if cfg.variant == "iclr":
+            summary["orthogonality_error"] = basis.orthogonality_error()
     if isinstance(optimizer, PBFGS):
         summary.update(optimizer.counters())
     run.write_summary(summary)
@@ -314,6 +348,8 @@ def train_in_subspace(
 
 
 def _optimizer(cfg: SubspaceConfig, flat: FlatParams, basis: Basis, model, train):
+    if cfg.method == "twa" and cfg.variant == "journal":
+        return PAdamW(flat, basis, lr=cfg.lr, weight_decay=cfg.weight_decay), None
     if cfg.method in ("psgd", "twa"):
         return PSGD(
             flat, basis, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay

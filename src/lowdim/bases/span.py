@@ -7,7 +7,10 @@ import torch
 from torch import Tensor
 
 from ..errors import LowdimError
+from .base import Basis
+from .blocks import BlockBasis
 from .dense import DenseBasis
+from .random import compartments
 
 
 class SpanBasis(DenseBasis):
@@ -69,3 +72,56 @@ def trajectory_span(
     return span_of_rows(
         torch.from_numpy(rows.astype("float64")), rtol=rtol, window=(start, stop, stride)
     )
+
+
+class LayerDeviationBasis(BlockBasis):
+    """TWA's journal-version subspace: per layer l, the checkpoints' deviations from their mean,
+    each scaled to unit norm within the layer: P = diag(E_1, ..., E_L) with the rows of E_l
+    (w_i^l - mean^l) / |w_i^l - mean^l|. Not orthogonalised; c holds one averaging coefficient
+    per checkpoint and layer, and c = 0 is the plain average (`anchor`)."""
+
+    kind = "layer-deviations"
+
+    def __init__(
+        self, blocks: list[tuple[int, int, Basis]], anchor: Tensor, window: tuple[int, int, int]
+    ) -> None:
+        super().__init__(blocks)
+        self.anchor, self.window = anchor, tuple(window)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {**super().tensors(), "anchor": self.anchor}
+
+    def numbers(self) -> dict:
+        return {**super().numbers(), "window": list(self.window)}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, Tensor], numbers: dict) -> LayerDeviationBasis:
+        blocks = BlockBasis.from_state(tensors, numbers).blocks
+        return cls(blocks, tensors["anchor"], tuple(numbers["window"]))
+
+    def to(self, device=None, dtype=None) -> LayerDeviationBasis:
+        moved = BlockBasis.to(self, device=device, dtype=dtype).blocks
+        return LayerDeviationBasis(moved, self.anchor.to(device), self.window)
+
+
+def layer_deviations(
+    matrix, layout: list[dict], *, window: tuple[int, int, int] | None = None
+) -> LayerDeviationBasis:
+    """The `LayerDeviationBasis` of the rows of `matrix` (n x D checkpoints) for a parameter
+    `layout` (see `FlatParams.layout`); a deviation that vanishes in a layer (a layer that
+    never moved) gives that layer no direction for it."""
+    w = torch.as_tensor(matrix).to(torch.float64)
+    mean = w.mean(0)
+    blocks = []
+    for _, offset, length in compartments(layout, "layer"):
+        dev = w[:, offset : offset + length] - mean[offset : offset + length]
+        norms = dev.norm(dim=1)
+        keep = norms > 1e-12 * max(1.0, float(mean[offset : offset + length].norm()))
+        if not keep.any():
+            raise LowdimError(
+                f"the parameters at {offset}..{offset + length - 1} never moved across the "
+                "checkpoints: no direction to train there"
+            )
+        rows = (dev[keep] / norms[keep, None]).float()
+        blocks.append((offset, length, DenseBasis(rows)))
+    return LayerDeviationBasis(blocks, mean.float(), window or (0, w.shape[0], 1))

@@ -90,9 +90,17 @@ def _add(sub, method: str) -> None:
         )
         g.add_argument(
             "--schedule",
-            default=d.schedule,
-            help=f"lr schedule per epoch, one of: {', '.join(SCHEDULES)} (default: multistep)",
+            default=None,
+            help=f"lr schedule per epoch, one of: {', '.join(SCHEDULES)} (default: multistep"
+            + ("; cosine with 20%% warm-up for --variant journal)" if method == "twa" else ")"),
         )
+        if method == "twa":
+            g.add_argument(
+                "--variant",
+                default=d.variant,
+                help="iclr (default: orthonormal span, projected SGD) or journal (per-layer "
+                "coefficients on the deviations from the mean, projected AdamW, lr 0.01)",
+            )
         marks = "50%% and 75%%" if method == "twa" else "75%%"
         g.add_argument(
             "--lr-milestones",
