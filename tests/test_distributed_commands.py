@@ -89,6 +89,12 @@ def test_commands_without_a_parent_run_too(tmp_path, free_port, command):
     if command == "train-sgd":
         assert abs(one["test_acc"] - two["test_acc"]) <= 1 / 360
         assert one["test_loss"] == pytest.approx(two["test_loss"], rel=1e-4)
+        # Killed after its last checkpoint but before its summary: every process must agree
+        # that nothing is left to train (rank 1 reads rank 0's metrics to know).
+        (tmp_path / "two" / "summary.json").unlink()
+        mp.spawn(worker, args=(free_port + 1, [*argv, "--resume"], str(tmp_path)), nprocs=2)
+        again = json.loads((tmp_path / "two" / "summary.json").read_text())
+        assert again["test_acc"] == two["test_acc"]
     else:
         assert one["baseline_acc"] == pytest.approx(two["baseline_acc"], abs=1 / 360)
         assert one["mean_acc"]["40"] == pytest.approx(two["mean_acc"]["40"], abs=1 / 360)

@@ -8,6 +8,7 @@ re-evaluate the loss (a line search) and ones that do not share the same loop.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -24,7 +25,7 @@ from ..errors import LowdimError
 from ..params import FlatParams
 from ..trajectory import TrajectoryRecorder
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from .metrics import MetricsLog, format_epoch, progress_bar
+from .metrics import MetricsLog, format_epoch, progress_bar, read_records
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -177,6 +178,8 @@ def fit(
             tensorboard_dir=run_dir / "tensorboard" if tensorboard else None,
         )
     history = list(metrics.records) if metrics else []
+    if run_dir is not None and resume and not main:  # the same history as rank 0, read only
+        history = [json.loads(r) for r in read_records(run_dir / "metrics.jsonl", done["epoch"])]
 
     params = [p for p in model.parameters() if p.requires_grad]
 

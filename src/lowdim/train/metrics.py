@@ -13,6 +13,21 @@ from ..errors import LowdimError
 from ..io import atomic_write_text
 
 
+def read_records(path: str | Path, keep_epochs: int) -> list[str]:
+    """The lines of a metrics file for epochs <= keep_epochs (none if it does not exist),
+    stopping at a line torn by a kill."""
+    path = Path(path)
+    kept: list[str] = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("epoch", 0) <= keep_epochs:
+                    kept.append(line)
+            except ValueError:
+                break
+    return kept
+
+
 class MetricsLog:
     """Appends epoch records to `path`; on resume, keeps only the records up to `keep_epochs`.
 
@@ -29,14 +44,7 @@ class MetricsLog:
         tensorboard_dir: str | Path | None = None,
     ) -> None:
         self.path = Path(path)
-        kept: list[str] = []
-        if resume and self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("epoch", 0) <= keep_epochs:
-                        kept.append(line)
-                except ValueError:
-                    break  # a torn last line from a kill
+        kept = read_records(self.path, keep_epochs) if resume else []
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
         self.records = [json.loads(k) for k in kept]
         self._tb = None
