@@ -155,38 +155,25 @@ def read_sgd_run(sgd_dir: Path) -> tuple[SGDConfig, dict]:
 
 
 def extract_basis(trajectory: Trajectory, cfg: SubspaceConfig) -> Basis:
-    """TWA: the orthonormalised span of the window; DLDR: its top PCA directions. With
-    `cfg.shard_basis` under several processes, this process's slice of it."""
+    """TWA: the orthonormalised span of the window (journal variant: per-layer deviations
+    from its mean); DLDR: its top PCA directions. With `cfg.shard_basis` under several
+    processes, this process's slice of it."""
+    end = len(trajectory) if cfg.params_end is None else cfg.params_end
+    window = trajectory.window(cfg.params_start, end, cfg.params_stride)
+    stop = cfg.params_start + cfg.params_stride * len(window)  # one past the last snapshot
+    spec = (cfg.params_start, stop, cfg.params_stride)
+    twa = cfg.method == "twa"
     if cfg.shard_basis and distributed.world_size() > 1:
-        end = len(trajectory) if cfg.params_end is None else cfg.params_end
-        window = trajectory.window(cfg.params_start, end, cfg.params_stride)
         num_params = window.shape[1]
         lo, hi = shard_bounds(num_params, distributed.world_size(), distributed.rank())
-        block = window[:, lo:hi]
-        spec = (cfg.params_start, end, cfg.params_stride)
-        if cfg.method == "twa":
-            spec = (
-                cfg.params_start,
-                cfg.params_start + cfg.params_stride * len(window),
-                cfg.params_stride,
-            )
-            block = torch.from_numpy(np.asarray(block, dtype=np.float64))
+        if twa:
+            block = torch.from_numpy(np.asarray(window[:, lo:hi], dtype=np.float64))
             return shard_span_basis(block, lo, hi, num_params, spec)
-        return shard_pca_basis(block, cfg.n_components, lo, hi, num_params, spec)
-    if cfg.method == "twa" and cfg.variant == "journal":
-        end = len(trajectory) if cfg.params_end is None else cfg.params_end
-        window = trajectory.window(cfg.params_start, end, cfg.params_stride)
-        spec = (
-            cfg.params_start,
-            cfg.params_start + cfg.params_stride * len(window),
-            cfg.params_stride,
-        )
-        return layer_deviations(
-            torch.from_numpy(np.asarray(window, dtype=np.float64)),
-            trajectory.layout,
-            window=spec,
-        )
-    if cfg.method == "twa":
+        return shard_pca_basis(window[:, lo:hi], cfg.n_components, lo, hi, num_params, spec)
+    if twa and cfg.variant == "journal":
+        rows = torch.from_numpy(np.asarray(window, dtype=np.float64))
+        return layer_deviations(rows, trajectory.layout, window=spec)
+    if twa:
         return trajectory_span(
             trajectory, start=cfg.params_start, end=cfg.params_end, stride=cfg.params_stride
         )
