@@ -53,6 +53,7 @@ def test_label_noise_is_reported(tmp_path):
     "args, expect",
     [
         (["--corrupt", "1.5"], "--corrupt 1.5 is outside the valid range [0, 1]"),
+        (["--holdout", "1"], "--holdout 1.0 is outside the valid range [0, 1)"),
         (["--corrupt", "-0.1"], "--corrupt"),
         (["--dataset", "cifar11"], "unknown dataset 'cifar11'; choose one of"),
         (["--arch", "resnet7"], "unknown architecture 'resnet7'; choose one of"),

@@ -148,3 +148,22 @@ def test_journal_variant_trains_per_layer_coefficients(sgd_run):
     lrs = [json.loads(line)["lr"] for line in (sgd_run / "journal" / "metrics.jsonl").open()]
     # 20% warm-up rounds to 1 epoch of 3 (at lr from its start), then the cosine half-wave
     assert lrs == pytest.approx([0.01, 0.01, 0.005])
+
+
+def test_twa_v_fits_the_coefficients_on_the_held_out_examples(tmp_path, capsys):
+    sgd = tmp_path / "sgd"
+    args = "train-sgd --quiet --dataset digits --arch mlp --epochs 4 --holdout 0.2 --save-dir"
+    assert main([*args.split(), str(sgd)]) == 0
+    twa = "twa --quiet --epochs 2 --lr 0.3 --batch-size 32 --fit-on holdout --save-dir"
+    assert main([*twa.split(), str(sgd)]) == 0
+    s = json.loads((sgd / "twa" / "summary.json").read_text())
+    assert s["test_acc"] > 0.9
+    lines = [json.loads(line) for line in (sgd / "twa" / "metrics.jsonl").open()]
+    assert lines[0]["step"] == 9  # ceil(287 held-out examples / 32): the held-out part only
+    sgd_steps = json.loads((sgd / "metrics.jsonl").read_text().splitlines()[0])["step"]
+    assert sgd_steps == 9  # ceil(1150 / 128): SGD never saw the 287
+    # A run that held nothing out cannot fit on a held-out part.
+    assert main(["train-sgd", "--quiet", "--epochs", "1", "--save-dir", str(tmp_path / "s2")]) == 0
+    assert main([*twa.split(), str(tmp_path / "s2")]) == 2
+    assert "needs a train-sgd run with --holdout > 0" in capsys.readouterr().err
+    assert not (tmp_path / "s2" / "twa").exists()

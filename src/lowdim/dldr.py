@@ -38,7 +38,7 @@ from .optim import PBFGS, PSGD, PAdamW
 from .params import FlatParams
 from .plots import plot_spectrum
 from .rundir import CONFIG, SUMMARY, RunDir
-from .sgd import SGDConfig, labels_digest, model_for, resolve_device
+from .sgd import SGDConfig, holdout_split, labels_digest, model_for, resolve_device
 from .train import build_schedule, evaluate, fit
 from .train.bn import recompute_batchnorm
 from .train.optim import SCHEDULES
@@ -70,9 +70,10 @@ class SubspaceConfig:
     "linear" (to 0 at the end) or "constant"; default multistep, or cosine with 20% warm-up
     for TWA's `variant` "journal" (per-layer coefficients on the checkpoints' deviations from
     their mean, trained by projected AdamW; default lr 0.01). `shard_basis`: under several
-    processes, each
-    extracts and holds only its 1/R slice of the basis along the parameters (see
-    `lowdim.bases.sharded`); the basis file is then not written.
+    processes, each extracts and holds only its 1/R slice of the basis along the parameters
+    (see `lowdim.bases.sharded`); the basis file is then not written. `fit_on`: "train"
+    (default: the examples the train-sgd run trained on) or "holdout" (the ones its
+    `--holdout` set aside: TWA-v).
     """
 
     method: str = "pbfgs"
@@ -87,6 +88,7 @@ class SubspaceConfig:
     weight_decay: float | None = None
     schedule: str | None = None
     variant: str = "iclr"
+    fit_on: str = "train"
     lr_milestones: list[int] | None = None
     sigma: float = 0.4
     shrink: float = 0.4
@@ -115,6 +117,8 @@ class SubspaceConfig:
         out.lr = (JOURNAL_LR if journal else d["lr"]) if self.lr is None else self.lr
         if self.schedule is None:
             out.schedule = "cosine" if journal else "multistep"
+        if self.fit_on not in ("train", "holdout"):
+            raise LowdimError(f"unknown --fit-on {self.fit_on!r}; choose train or holdout")
         if journal and self.shard_basis:
             raise LowdimError("--shard-basis works with PCA and TWA's iclr variant, not journal")
         out.weight_decay = d["weight_decay"] if self.weight_decay is None else self.weight_decay
@@ -210,7 +214,13 @@ def train_in_subspace(
             f"the training labels of {sgd_cfg.dataset} differ from those the run in {sgd_dir} "
             "trained on (another copy of the data?)"
         )
-    cfg = cfg.resolved(len(data.train))
+    fit_part, held = holdout_split(data.train, sgd_cfg.holdout, sgd_cfg.seed)
+    if cfg.fit_on == "holdout" and held is None:
+        raise LowdimError(
+            f"--fit-on holdout needs a train-sgd run with --holdout > 0; {sgd_dir} held none out"
+        )
+    train = held if cfg.fit_on == "holdout" else fit_part
+    cfg = cfg.resolved(len(train))
     for option in ("epochs", "batch_size", "accumulate"):
         if getattr(cfg, option) < 1:
             value = getattr(cfg, option)
@@ -252,7 +262,7 @@ def train_in_subspace(
     basis = basis.to(device)
 
     flat.set(basis.anchor.to(flat.data.dtype))
-    train, test = data.train.to(device), data.test.to(device)
+    train, test = train.to(device), data.test.to(device)
     swa = None
     if not pca:  # the plain average, BatchNorm recomputed: the SWA baseline
         average = copy.deepcopy(model)

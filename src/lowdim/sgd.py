@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .data import Data, load_dataset
+from .data import Data, Split, load_dataset
 from .errors import LowdimError
 from .io import load_tensors
 from .models import build_model
 from .params import FlatParams
 from .rundir import RunDir
+from .seeding import generator
 from .train import build_optimizer, build_schedule, fit
 
 
@@ -58,6 +59,7 @@ class SGDConfig:
     device: str | None = None
     tensorboard: bool = False
     init_from: str | None = None
+    holdout: float = 0.0
     beta2: float = 0.999
 
 
@@ -85,6 +87,28 @@ def check_config(cfg: SGDConfig) -> None:
         raise LowdimError(f"--corrupt {cfg.corrupt} is outside the valid range [0, 1]")
     if cfg.samples_per_epoch < 1:
         raise LowdimError(f"--samples-per-epoch must be >= 1, got {cfg.samples_per_epoch}")
+    if not 0.0 <= cfg.holdout < 1.0:
+        raise LowdimError(f"--holdout {cfg.holdout} is outside the valid range [0, 1)")
+
+
+def holdout_split(train, fraction: float, seed: int):
+    """(the examples SGD trains on, the held-out ones): a fraction `fraction` of the training
+    split set aside by a permutation drawn from generator("holdout", seed), the same for the
+    train-sgd run and for the subspace runs built on it (TWA-v fits its coefficients on the
+    held-out part). Both are the whole split, and an empty one, when `fraction` is 0."""
+    if fraction == 0:
+        return train, None
+    if not isinstance(train, Split):
+        raise LowdimError("--holdout needs a dataset held in memory (not a streamed one)")
+    order = torch.randperm(len(train), generator=generator("holdout", seed))
+    held = max(1, round(fraction * len(train)))
+    if held >= len(train):
+        raise LowdimError(f"--holdout {fraction} leaves no training examples")
+    keep, out = order[:-held].sort().values, order[-held:].sort().values
+    return (
+        Split(train.x[keep], train.y[keep], train.augment),
+        Split(train.x[out], train.y[out], train.augment),
+    )
 
 
 def model_for(cfg: SGDConfig, data: Data, device: torch.device) -> torch.nn.Module:
@@ -163,11 +187,12 @@ def train_sgd(
     scheduler = build_schedule(
         cfg.schedule, optimizer, epochs=cfg.epochs, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma
     )
+    train, _ = holdout_split(data.train, cfg.holdout, cfg.seed)
     run.start()
     result = fit(
         model,
         optimizer,
-        data.train.to(device),
+        train.to(device),
         data.test.to(device),
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,

@@ -57,6 +57,14 @@ def add_parser(sub) -> None:
         help="start from these weights (a model.safetensors or a run folder) instead "
         "of a fresh initialisation: improving a trained model",
     )
+    g.add_argument(
+        "--holdout",
+        type=float,
+        default=d.holdout,
+        metavar="F",
+        help="set aside this fraction of the training data (for `twa --fit-on holdout`; "
+        "default: 0)",
+    )
     add_run_options(p)
     p.set_defaults(run=run)
 

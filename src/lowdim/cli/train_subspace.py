@@ -73,6 +73,12 @@ def _add(sub, method: str) -> None:
     )
     g.add_argument("--seed", type=int, default=0, help="seed of the minibatch order (default: 0)")
     g.add_argument(
+        "--fit-on",
+        default=d.fit_on,
+        help="train (default: the examples the train-sgd run trained on) or holdout (those "
+        "its --holdout set aside; TWA-v)",
+    )
+    g.add_argument(
         "--no-bn-recompute",
         dest="bn_recompute",
         action="store_false",
