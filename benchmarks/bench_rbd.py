@@ -14,29 +14,14 @@
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-from common import write_result
+from common import median_ms, write_result
 
 from lowdim.models import build_model
 from lowdim.optim.rbd import RBD
 from lowdim.params import FlatParams
-
-
-def median_ms(fns: dict, repeats: int) -> dict:
-    """Median milliseconds of each function, the functions interleaved (machine drift hits all)."""
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - start)
-    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
 def generation(dim: int, repeats: int) -> dict:

@@ -13,30 +13,16 @@ bandwidth). Dense bases above 2 GB are skipped (d = 10,000 on the MLP would hold
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-from common import write_result
+from common import median_ms, write_result
 
 from lowdim.bases import random_basis
 from lowdim.models import build_model
 from lowdim.subspace_model import SubspaceModel
 
 DENSE_LIMIT_BYTES = 2 << 30
-
-
-def median_ms(fns: dict, repeats: int) -> dict:
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - start)
-    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
 def step_fn(model, x, y):

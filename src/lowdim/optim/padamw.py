@@ -9,10 +9,11 @@ from torch import Tensor
 from ..bases import Basis
 from ..errors import LowdimError
 from ..params import FlatParams
+from .base import FlatOptimizer
 from .psgd import check_basis
 
 
-class PAdamW(torch.optim.Optimizer):
+class PAdamW(FlatOptimizer):
     """AdamW on c, where theta = theta_0 + P c and c starts at 0:
 
         g_c = P^T g
@@ -46,19 +47,12 @@ class PAdamW(torch.optim.Optimizer):
         if weight_decay < 0:
             raise LowdimError(f"--weight-decay must be >= 0, got {weight_decay}")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        super().__init__([flat.data], defaults)
-        self.flat, self.basis = flat, basis
-
-    def zero_grad(self, set_to_none: bool = False) -> None:
-        """Zero the model's flat gradient in place (its views must survive)."""
-        self.flat.zero_grad()
+        super().__init__(flat, defaults)
+        self.basis = basis
 
     @torch.no_grad()
     def step(self, closure=None) -> Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate(closure)
         group = self.param_groups[0]
         b1, b2 = group["betas"]
         g = self.basis.project(self.flat.grad)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ..bases import Basis
 from ..errors import LowdimError
 from ..params import FlatParams
+from .base import FlatOptimizer
 from .functional import armijo_accepts, bfgs_update
 from .psgd import check_basis
 
@@ -26,7 +27,7 @@ COUNTERS = (
 )
 
 
-class PBFGS(torch.optim.Optimizer):
+class PBFGS(FlatOptimizer):
     """BFGS on the subspace coordinates, with an Armijo line search on the same minibatch.
 
     One `step(closure)`:
@@ -96,8 +97,7 @@ class PBFGS(torch.optim.Optimizer):
             residual_alpha=residual_alpha,
             residual_gamma=residual_gamma,
         )
-        super().__init__([flat.data], defaults)
-        self.flat = flat
+        super().__init__(flat, defaults)
         self.basis = basis
         self.buffers = [b for b in module.buffers() if b.is_floating_point()] if module else []
 
@@ -116,10 +116,6 @@ class PBFGS(torch.optim.Optimizer):
         non-finite losses or gradients, and steps that left the weights unchanged."""
         state = self._state()
         return {name: state[name] for name in COUNTERS}
-
-    def zero_grad(self, set_to_none: bool = False) -> None:
-        """Zero the model's flat gradient in place (its views must survive, so never None)."""
-        self.flat.zero_grad()
 
     def reset_hessian(self) -> None:
         state = self._state()

@@ -8,9 +8,10 @@ from torch import Tensor
 from ..bases import Basis
 from ..errors import LowdimError
 from ..params import FlatParams
+from .base import FlatOptimizer
 
 
-class PSGD(torch.optim.Optimizer):
+class PSGD(FlatOptimizer):
     """Projected SGD with heavy-ball momentum in the span of a basis P (D x d):
 
         g_c = P^T (g + wd * theta)          the gradient (and L2 term) in coordinates
@@ -48,20 +49,12 @@ class PSGD(torch.optim.Optimizer):
         if weight_decay < 0:
             raise LowdimError(f"--weight-decay must be >= 0, got {weight_decay}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
-        super().__init__([flat.data], defaults)
-        self.flat = flat
+        super().__init__(flat, defaults)
         self.basis = basis
-
-    def zero_grad(self, set_to_none: bool = False) -> None:
-        """Zero the model's flat gradient in place (its views must survive, so never None)."""
-        self.flat.zero_grad()
 
     @torch.no_grad()
     def step(self, closure=None) -> Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate(closure)
         group = self.param_groups[0]
         coords = self.basis.project(self.flat.grad)
         if group["weight_decay"]:

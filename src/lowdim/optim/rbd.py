@@ -15,6 +15,7 @@ from .. import distributed
 from ..errors import LowdimError
 from ..params import FlatParams
 from ..seeding import generator
+from .base import FlatOptimizer
 
 DISTRIBUTIONS = ("gaussian", "uniform", "rademacher")
 NORMALISATIONS = ("sqrt", "unit")
@@ -74,7 +75,7 @@ def directions(
     return raw.mul_(scale.unsqueeze(-1) if scale.dim() else scale)
 
 
-class RBD(torch.optim.Optimizer):
+class RBD(FlatOptimizer):
     """theta <- theta - lr * P (P^T g), with P (D x d) drawn anew at every step.
 
     The d directions are generated in chunks of `chunk_rows` from the key (seed, step, worker,
@@ -153,8 +154,8 @@ class RBD(torch.optim.Optimizer):
             raise LowdimError(
                 "compartments must tile the parameters, each with 1 <= d_k <= its length"
             )
-        super().__init__([flat.data], dict(lr=lr))
-        self.flat, self.seed = flat, seed
+        super().__init__(flat, dict(lr=lr))
+        self.seed = seed
         self.world = distributed.world_size()
         self.worker = distributed.rank() if worker is None else worker
         self.distribution, self.normalise = distribution, normalise
@@ -171,10 +172,6 @@ class RBD(torch.optim.Optimizer):
         if self.world == 1:
             return 0
         return sum(k for _, _, k in self.compartments) * self.flat.data.element_size()
-
-    def zero_grad(self, set_to_none: bool = False) -> None:
-        """Zero the model's flat gradient in place (its views must survive)."""
-        self.flat.zero_grad()
 
     def _key_worker(self) -> int:
         return 0 if self.mode == "shared" else self.worker
@@ -246,10 +243,7 @@ class RBD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None) -> Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate(closure)
         state = self.state[self.flat.data]
         step = state.get("step", 0)
         grad = self.flat.grad

@@ -1,0 +1,29 @@
+"""What every subspace optimiser shares: one parameter, the model's flat vector."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..params import FlatParams
+
+
+class FlatOptimizer(torch.optim.Optimizer):
+    """A `torch.optim.Optimizer` over `flat.data` alone: steps are products with a basis on
+    the whole flat vector, never loops over parameter tensors."""
+
+    def __init__(self, flat: FlatParams, defaults: dict) -> None:
+        super().__init__([flat.data], defaults)
+        self.flat = flat
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zero the model's flat gradient in place (its views must survive, so never None)."""
+        self.flat.zero_grad()
+
+    @staticmethod
+    def _evaluate(closure) -> Tensor | None:
+        """The closure's loss (with its gradient in `flat.grad`), or None without a closure."""
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
