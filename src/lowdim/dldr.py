@@ -35,6 +35,7 @@ from .bases.span import layer_deviations, trajectory_span
 from .data import load_dataset
 from .errors import LowdimError
 from .optim import PBFGS, PSGD, PAdamW
+from .optim.base import check_rates
 from .params import FlatParams
 from .plots import plot_spectrum
 from .rundir import CONFIG, SUMMARY, RunDir
@@ -122,12 +123,9 @@ class SubspaceConfig:
         if journal and self.shard_basis:
             raise LowdimError("--shard-basis works with PCA and TWA's iclr variant, not journal")
         out.weight_decay = d["weight_decay"] if self.weight_decay is None else self.weight_decay
-        if out.lr <= 0:
-            raise LowdimError(f"--lr must be positive, got {out.lr}")
+        check_rates(out.lr, out.weight_decay)
         if not 0 <= out.momentum < 1:
             raise LowdimError(f"--momentum must be in [0, 1), got {out.momentum}")
-        if out.weight_decay < 0:
-            raise LowdimError(f"--weight-decay must be >= 0, got {out.weight_decay}")
         if out.schedule not in SCHEDULES:
             raise LowdimError(
                 f"unknown --schedule {out.schedule!r}; choose one of: {', '.join(SCHEDULES)}"
@@ -310,11 +308,9 @@ def train_in_subspace(
         "method": cfg.method,
         "dataset": sgd_cfg.dataset,
         "arch": sgd_cfg.arch,
-        "test_acc": test_acc,
+        **result.metrics(),
+        "test_acc": test_acc,  # after the final BatchNorm recompute
         "test_loss": test_loss,
-        "train_acc": result.train_acc,
-        "train_loss": result.train_loss,
-        "epochs": cfg.epochs,
         "wall_seconds": basis_seconds + result.wall_seconds,
         "basis_seconds": basis_seconds,
         "num_params": flat.numel,

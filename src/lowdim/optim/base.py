@@ -5,7 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import LowdimError
 from ..params import FlatParams
+
+
+def check_rates(lr: float, weight_decay: float = 0.0) -> None:
+    """One-line errors for a learning rate <= 0 or a negative weight decay."""
+    if lr <= 0:
+        raise LowdimError(f"--lr must be positive, got {lr}")
+    if weight_decay < 0:
+        raise LowdimError(f"--weight-decay must be >= 0, got {weight_decay}")
 
 
 class FlatOptimizer(torch.optim.Optimizer):

@@ -7,9 +7,8 @@ import torch
 from torch import Tensor
 
 from ..bases import Basis
-from ..errors import LowdimError
 from ..params import FlatParams
-from .base import FlatOptimizer
+from .base import FlatOptimizer, check_rates
 from .psgd import check_basis
 
 
@@ -42,10 +41,7 @@ class PAdamW(FlatOptimizer):
         weight_decay: float = 0.01,
     ) -> None:
         check_basis(flat, basis)
-        if lr <= 0:
-            raise LowdimError(f"--lr must be positive, got {lr}")
-        if weight_decay < 0:
-            raise LowdimError(f"--weight-decay must be >= 0, got {weight_decay}")
+        check_rates(lr, weight_decay)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         super().__init__(flat, defaults)
         self.basis = basis

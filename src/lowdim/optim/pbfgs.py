@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..bases import Basis
 from ..errors import LowdimError
 from ..params import FlatParams
-from .base import FlatOptimizer
+from .base import FlatOptimizer, check_rates
 from .functional import armijo_accepts, bfgs_update
 from .psgd import check_basis
 
@@ -79,8 +79,7 @@ class PBFGS(FlatOptimizer):
         module: nn.Module | None = None,
     ) -> None:
         check_basis(flat, basis)
-        if lr <= 0:
-            raise LowdimError(f"--lr must be positive, got {lr}")
+        check_rates(lr)
         if not 0 < sigma < 1:
             raise LowdimError(f"--sigma must be in (0, 1), got {sigma}")
         if not 0 < shrink < 1:

@@ -8,7 +8,7 @@ from torch import Tensor
 from ..bases import Basis
 from ..errors import LowdimError
 from ..params import FlatParams
-from .base import FlatOptimizer
+from .base import FlatOptimizer, check_rates
 
 
 class PSGD(FlatOptimizer):
@@ -42,12 +42,9 @@ class PSGD(FlatOptimizer):
         nesterov: bool = False,
     ) -> None:
         check_basis(flat, basis)
-        if lr <= 0:
-            raise LowdimError(f"--lr must be positive, got {lr}")
+        check_rates(lr, weight_decay)
         if not 0 <= momentum < 1:
             raise LowdimError(f"--momentum must be in [0, 1), got {momentum}")
-        if weight_decay < 0:
-            raise LowdimError(f"--weight-decay must be >= 0, got {weight_decay}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
         super().__init__(flat, defaults)
         self.basis = basis

@@ -15,7 +15,7 @@ from .. import distributed
 from ..errors import LowdimError
 from ..params import FlatParams
 from ..seeding import generator
-from .base import FlatOptimizer
+from .base import FlatOptimizer, check_rates
 
 DISTRIBUTIONS = ("gaussian", "uniform", "rademacher")
 NORMALISATIONS = ("sqrt", "unit")
@@ -135,8 +135,7 @@ class RBD(FlatOptimizer):
     ) -> None:
         if not 1 <= dim <= flat.numel:
             raise LowdimError(f"--dim {dim} must be between 1 and D = {flat.numel}")
-        if lr <= 0:
-            raise LowdimError(f"--lr must be positive, got {lr}")
+        check_rates(lr)
         if distribution not in DISTRIBUTIONS:
             raise LowdimError(
                 f"unknown distribution {distribution!r}; choose one of: {', '.join(DISTRIBUTIONS)}"

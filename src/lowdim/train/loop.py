@@ -43,6 +43,11 @@ class FitResult:
     snapshots: int
     history: list[dict] = field(default_factory=list)
 
+    def metrics(self) -> dict:
+        """The result keys every run's summary.json shares."""
+        keys = ("test_acc", "test_loss", "train_acc", "train_loss", "epochs", "wall_seconds")
+        return {k: getattr(self, k) for k in keys}
+
 
 @torch.no_grad()
 def evaluate(

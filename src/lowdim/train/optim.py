@@ -9,6 +9,7 @@ import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, MultiStepLR
 
 from ..errors import LowdimError
+from ..optim.base import check_rates
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("multistep", "cosine", "linear", "constant")
@@ -27,10 +28,7 @@ def build_optimizer(
 
     Weight decay is L2 added to the gradient for `sgd` and `adam`, decoupled for `adamw`.
     """
-    if lr <= 0:
-        raise LowdimError(f"--lr must be positive, got {lr}")
-    if weight_decay < 0:
-        raise LowdimError(f"--weight-decay must be >= 0, got {weight_decay}")
+    check_rates(lr, weight_decay)
     if name == "sgd":
         if not 0 <= momentum < 1:
             raise LowdimError(f"--momentum must be in [0, 1), got {momentum}")
