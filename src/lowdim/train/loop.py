@@ -12,6 +12,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,17 @@ def evaluate(
     return loss / max(n, 1), hits / max(n, 1)
 
 
+def check_checkpoint_every(value: int) -> None:
+    """LowdimError unless `value` (fit's `checkpoint_every`) is an integer >= 0; the jobs call
+    it before they write anything."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LowdimError(f"--checkpoint-every must be an integer, got {value!r}")
+    if value < 0:
+        raise LowdimError(
+            f"--checkpoint-every must be >= 0 (0: only at the end of each epoch), got {value}"
+        )
+
+
 def snapshot_steps(num_batches: int, samples_per_epoch: int) -> set[int]:
     """The steps within an epoch (1-based) after which a snapshot is taken: K evenly spaced ones,
     the last at the end of the epoch."""
@@ -112,6 +124,7 @@ def fit(
     log: Callable[[str], None] | None = None,
     drop_last: bool = False,
     average_gradients: bool = True,
+    checkpoint_every: int = 0,
 ) -> FitResult:
     """Train `model` for `epochs` epochs of `train` (a `lowdim.data.Split`), evaluating on `test`.
 
@@ -123,8 +136,11 @@ def fit(
     (`seed`, epoch).
 
     With `run_dir`, writes `metrics.jsonl` (one record per epoch) and a checkpoint at the end of
-    every epoch (`run_dir/checkpoint/`); `resume=True` continues from that checkpoint, so a killed
-    run, resumed, ends exactly as an uninterrupted one would on the same device. With
+    every epoch (`run_dir/checkpoint/`), and with `checkpoint_every=N` (default 0: none) also
+    after every N optimiser steps inside an epoch (for large datasets); `resume=True` continues
+    from the last checkpoint, inside an epoch at the next batch, with that epoch's running loss
+    and accuracy sums restored, so a killed run, resumed, ends exactly as an uninterrupted one
+    would on the same device (weights, snapshots, metrics but their timings). With
     `trajectory_dir` (and `flat`, the model's `FlatParams`), records a snapshot of the flat
     parameters at the start and `samples_per_epoch` times per epoch (default 1: after each epoch).
     `regularizer()`, if given, is added to each minibatch's loss after the forward pass (e.g.
@@ -153,9 +169,17 @@ def fit(
         raise LowdimError(f"--accumulate must be >= 1, got {accumulate}")
     if samples_per_epoch < 1:
         raise LowdimError(f"--samples-per-epoch must be >= 1, got {samples_per_epoch}")
+    check_checkpoint_every(checkpoint_every)
     if trajectory_dir is not None and flat is None:
         raise ValueError("recording a trajectory needs the model's FlatParams (flat=...)")
     rank, world = distributed.rank(), distributed.world_size()
+    if rank == 0 and batch_size * world > len(train):
+        # valid (full-batch gradient descent), but rarely what was meant: say so once
+        warnings.warn(
+            f"--batch-size {batch_size} x {world} process(es) exceeds the {len(train)} training "
+            "examples: every step uses the whole training set",
+            stacklevel=2,
+        )
     main = rank == 0
     progress = progress and main
     if log is None or not main:
@@ -167,6 +191,19 @@ def fit(
     if resume and ckpt_dir is not None and has_checkpoint(ckpt_dir):
         done = load_checkpoint(ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler)
     distributed.same_on_all(done["step"], "the step to resume from")
+    num_steps = -(-train.num_batches(batch_size * world, drop_last) // accumulate)
+    inside = done.get("epoch_step", 0)  # steps already done in epoch done["epoch"] + 1
+    if inside and done.get("world", 1) != world:
+        raise LowdimError(
+            f"the checkpoint in {ckpt_dir} was taken inside an epoch by {done.get('world', 1)} "
+            f"process(es); resume it with as many, not {world}"
+        )
+    if inside and inside >= num_steps:
+        raise LowdimError(
+            f"the checkpoint in {ckpt_dir} was taken after step {inside} of epoch "
+            f"{done['epoch'] + 1}, which has {num_steps} steps here; resume with the same data "
+            "and batch options"
+        )
     recorder = None
     if trajectory_dir is not None and main:
         recorder = TrajectoryRecorder(
@@ -195,15 +232,32 @@ def fit(
 
     started = time.perf_counter()
     step = done["step"]
-    num_steps = -(-train.num_batches(batch_size * world, drop_last) // accumulate)
     marks = snapshot_steps(num_steps, samples_per_epoch)
+
+    def progress_record(epoch: int, i: int, **running) -> dict:
+        """The checkpoint's `progress`: after epoch `epoch`, and `i` steps into the next."""
+        return {
+            "epoch": epoch,
+            "step": step,
+            "snapshots": len(recorder) if recorder is not None else 0,
+            "wall_seconds": done["wall_seconds"] + time.perf_counter() - started,
+            "epoch_step": i,
+            **running,
+        }
+
     model.train()
     for epoch in range(done["epoch"] + 1, epochs + 1):
-        epoch_start = time.perf_counter()
-        epoch_lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
         # loss sum, hits, examples: summed across processes at the end of the epoch
         totals = torch.zeros(3, dtype=torch.float64, device=device)
+        skip = 0  # steps of this epoch done before a mid-epoch checkpoint
+        if epoch == done["epoch"] + 1 and inside:
+            skip = inside
+            totals = torch.tensor(done["totals"][rank], dtype=torch.float64, device=device)
+        epoch_start = time.perf_counter() - (done.get("epoch_seconds", 0.0) if skip else 0.0)
+        # the rate this epoch trains with
+        epoch_lr = done["epoch_lr"] if skip else optimizer.param_groups[0]["lr"]
         bar = progress_bar(num_steps, f"epoch {epoch}/{epochs}", progress)
+        bar.update(skip)
         batches = train.batches(
             batch_size,
             shuffle=True,
@@ -211,9 +265,10 @@ def fit(
             epoch=epoch,
             device=device,
             drop_last=drop_last,
+            start_batch=skip * accumulate,
             shard=(rank, world),
         )
-        for i, micro in enumerate(_groups(batches, accumulate), start=1):
+        for i, micro in enumerate(_groups(batches, accumulate), start=skip + 1):
             n = sum(len(y) for _, y in micro)
             first: list[tuple[Tensor, Tensor]] = []
 
@@ -251,6 +306,27 @@ def fit(
             step += 1
             if recorder is not None and i in marks:
                 recorder.append(flat.data, epoch=epoch - 1 + i / num_steps, step=step)
+            if ckpt_dir is not None and checkpoint_every and i % checkpoint_every == 0:
+                if i < num_steps:  # the epoch's last step is followed by its own checkpoint
+                    # Every process's running sums, exactly (a sum with zeros changes nothing).
+                    rows = torch.zeros(world, 3, dtype=torch.float64, device=device)
+                    rows[rank] = totals
+                    rows = distributed.all_reduce_sum(rows).tolist()
+                    if main:
+                        save_checkpoint(
+                            ckpt_dir,
+                            model=model,
+                            optimizer=optimizer,
+                            scheduler=scheduler,
+                            progress=progress_record(
+                                epoch - 1,
+                                i,
+                                epoch_lr=epoch_lr,
+                                epoch_seconds=time.perf_counter() - epoch_start,
+                                totals=rows,
+                                world=world,
+                            ),
+                        )
             bar.update(1)
         bar.close()
         if scheduler is not None:
@@ -287,12 +363,7 @@ def fit(
                 model=model,
                 optimizer=optimizer,
                 scheduler=scheduler,
-                progress={
-                    "epoch": epoch,
-                    "step": step,
-                    "snapshots": len(recorder) if recorder is not None else 0,
-                    "wall_seconds": done["wall_seconds"] + time.perf_counter() - started,
-                },
+                progress=progress_record(epoch, 0),
             )
     if metrics is not None:
         metrics.close()

@@ -15,16 +15,29 @@ from ..io import atomic_write_text
 
 def read_records(path: str | Path, keep_epochs: int) -> list[str]:
     """The lines of a metrics file for epochs <= keep_epochs (none if it does not exist),
-    stopping at a line torn by a kill."""
+    without a last line torn by a kill; `LowdimError` naming the file if it is damaged."""
     path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise LowdimError(f"cannot read the metrics file {path}: {e}") from None
     kept: list[str] = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line).get("epoch", 0) <= keep_epochs:
-                    kept.append(line)
-            except ValueError:
+    for n, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if n == len(lines):  # the record a kill interrupted: it is written again
                 break
+            raise LowdimError(f"line {n} of the metrics file {path} is not JSON") from None
+        epoch = record.get("epoch") if isinstance(record, dict) else None
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            raise LowdimError(
+                f"line {n} of the metrics file {path} is not an epoch record (no integer epoch)"
+            )
+        if epoch <= keep_epochs:
+            kept.append(line)
     return kept
 
 
