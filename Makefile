@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 RUNS := runs
 LINT := $(wildcard src tests benchmarks experiments)
 
-.PHONY: install demo test test-slow lint bench mnist clean
+.PHONY: install demo test test-slow lint bench mnist clean fuzz
 
 # The CPU build of torch is installed first and pinned, so pip never pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -38,6 +38,13 @@ test: lint
 
 test-slow: $(STAMP)
 	$(VENV)/bin/pytest -q -m slow
+
+# Property-based fuzzing of the file readers with many randomized examples per reader (the
+# ordinary suite runs a short deterministic pass); FUZZ_EXAMPLES=N sets how many.
+FUZZ_EXAMPLES ?= 3000
+fuzz: $(STAMP)
+	LOWDIM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest -q \
+		tests/test_fuzz_readers.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

@@ -126,10 +126,36 @@ def _download_and_unpack(source: CifarSource, target: Path) -> None:
     archive.unlink(missing_ok=True)
 
 
+def _labels(value: object, path: Path, key: str) -> np.ndarray:
+    # Integers only: floats would be truncated silently, strings parsed, objects called.
+    bad = f"{path}: '{key}' is not a list of integers"
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "iub":
+            raise LowdimError(f"{bad} (an array of dtype {value.dtype})")
+        items = value
+    elif isinstance(value, (list, tuple)):
+        if not all(isinstance(v, (int, np.integer)) for v in value):
+            kinds = sorted({type(v).__name__ for v in value})
+            raise LowdimError(f"{bad} (it holds {', '.join(kinds)})")
+        items = value
+    else:
+        raise LowdimError(f"{bad} (a {type(value).__name__})")
+    try:
+        return np.asarray(items, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise LowdimError(f"{bad} ({reason})") from None
+
+
 def _read_batch(path: Path, source: CifarSource) -> tuple[np.ndarray, np.ndarray]:
     batch = load_pickle(path)
     if not isinstance(batch, dict) or "data" not in batch or source.label_key not in batch:
-        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        # repr: a hostile pickle's keys may be of mixed types (sorted would fail) or hold newlines;
+        # the first ten, shortened, keep the message short.
+        if isinstance(batch, dict):
+            keys = ", ".join(r[:40] for r in sorted(map(repr, batch))[:10]) or "none"
+        else:
+            keys = type(batch).__name__
         raise LowdimError(
             f"{path} is not a {source.title} batch: it needs keys 'data' and "
             f"'{source.label_key}', found {keys}"
@@ -143,10 +169,7 @@ def _read_batch(path: Path, source: CifarSource) -> tuple[np.ndarray, np.ndarray
     ):
         shape = list(data.shape) if isinstance(data, np.ndarray) else type(data).__name__
         raise LowdimError(f"{path}: 'data' must be a uint8 array of shape [N, 3072], got {shape}")
-    try:
-        labels = np.asarray(batch[source.label_key], dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError) as e:
-        raise LowdimError(f"{path}: '{source.label_key}' is not a list of integers ({e})") from None
+    labels = _labels(batch[source.label_key], path, source.label_key)
     if len(labels) != len(data):
         raise LowdimError(f"{path} has {len(data)} images but {len(labels)} labels")
     if labels.size and (labels.min() < 0 or labels.max() >= source.num_classes):

@@ -7,6 +7,7 @@ one big-endian uint32 per dimension, then the values in C order, big-endian.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -25,6 +26,8 @@ _IDX_TYPES: dict[int, str] = {
     0x0E: ">f8",
 }
 _GZIP_MAGIC = b"\x1f\x8b"
+# The most dimensions a numpy array can have in every numpy lowdim supports (1.x allows 32).
+_MAX_DIMS = 32
 
 
 def read_payload(path: str | os.PathLike) -> bytes:
@@ -41,8 +44,10 @@ def read_payload(path: str | os.PathLike) -> bytes:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
             raise LowdimError(
-                f"{os.fspath(path)} is not a valid gzip file ({e}); delete it and fetch it again"
+                f"{os.fspath(path)} is not a valid gzip file ({reason}); delete it and fetch it "
+                "again"
             ) from None
     return data
 
@@ -61,12 +66,20 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
             f"{name} is not an IDX file: magic 0x{data[:4].hex()}, expected 0x0000TTDD with type "
             f"TT in {{08, 09, 0b, 0c, 0d, 0e}} and DD >= 1 dimensions"
         )
+    if ndim > _MAX_DIMS:
+        raise LowdimError(
+            f"{name} declares {ndim} dimensions in its IDX header; at most {_MAX_DIMS} are valid"
+        )
     header = 4 + 4 * ndim
     if len(data) < header:
         raise LowdimError(f"{name} is truncated: {len(data)} bytes, header needs {header}")
     shape = struct.unpack(f">{ndim}I", data[4:header])
     dtype = np.dtype(_IDX_TYPES[code])
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python integers: a product of 32-bit sizes can overflow int64 and wrap to a small number.
+    # numpy refuses a shape whose nonzero sizes overflow even when another size is 0.
+    if math.prod(max(n, 1) for n in shape) * dtype.itemsize > np.iinfo(np.intp).max:
+        raise LowdimError(f"{name} declares an impossible shape {list(shape)} in its IDX header")
+    expected = header + math.prod(shape) * dtype.itemsize
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "too long"
         raise LowdimError(
