@@ -82,7 +82,10 @@ def test_pbfgs_and_psgd_match_sgd_on_digits(sgd_run, tmp_path, capsys):
     sgd_acc = summary(run)["test_acc"]
     for method in ("pbfgs", "psgd"):
         s = summary(run / method)
-        assert s["test_acc"] >= sgd_acc - 0.01, (method, s["test_acc"], sgd_acc)
+        # Within 2% (7 of the 360 test digits): over train-sgd seeds 0-4 both methods scored
+        # 3 below to 1 above SGD, and other hardware (sums in another order) acts like another
+        # seed; the former 1% left 0.6 of an example at seed 4.
+        assert s["test_acc"] >= sgd_acc - 0.02, (method, s["test_acc"], sgd_acc)
         assert s["subspace_dim"] == 10 and s["num_params"] == 55_210 and s["snapshots"] == 16
         for name in ("basis.safetensors", "spectrum.png", "model.safetensors", "metrics.jsonl"):
             assert (run / method / name).is_file(), name
@@ -222,7 +225,8 @@ def test_improving_a_trained_model(sgd_run, tmp_path):
         )
         == 0
     )
-    assert summary(more / "pbfgs")["test_acc"] >= summary(sgd_run)["test_acc"] - 0.01
+    # 2%, as in test_pbfgs_and_psgd_match_sgd_on_digits (seeds 0-4: 1 below to 1 above)
+    assert summary(more / "pbfgs")["test_acc"] >= summary(sgd_run)["test_acc"] - 0.02
     bad = tmp_path / "bad"
     assert (
         main(

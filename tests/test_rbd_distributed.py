@@ -141,6 +141,29 @@ def children(pid: int) -> list[int]:
     return out
 
 
+# `lowdim` as a script whose rank 1, in the first attempt only, stops after logging epoch 1
+# (rank 0 then saves epoch 1 and waits for it in epoch 2) until the test kills it: the kill
+# lands after the first checkpoint however slow or fast the machine, where polling for the
+# checkpoint file could see a loaded test process wake up after the whole job had ended.
+PAUSED_LOWDIM = """
+import os, sys, time
+import lowdim.train.loop as loop
+from lowdim.cli import main
+
+real = loop.format_epoch
+
+def format_epoch(record, epochs):
+    if record["epoch"] == 1 and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+        while True:
+            time.sleep(1)
+    return real(record, epochs)
+
+if os.environ["RANK"] == "1":
+    loop.format_epoch = format_epoch
+sys.exit(main())
+"""
+
+
 def test_torchrun_job_survives_a_killed_worker_and_equals_an_uninterrupted_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     whole = tmp_path / "whole"
@@ -157,22 +180,25 @@ def test_torchrun_job_survives_a_killed_worker_and_equals_an_uninterrupted_one(t
     assert summary["test_acc"] > 0.5
 
     cut = tmp_path / "cut"
+    script = tmp_path / "paused_lowdim.py"
+    script.write_text(PAUSED_LOWDIM)
+    paused = [str(script), *CLI[2:]]  # instead of -m lowdim
     job = subprocess.Popen(
-        [*TORCHRUN, "--max-restarts", "1", *CLI, "--save-dir", str(cut), "--resume"],
+        [*TORCHRUN, "--max-restarts", "1", *paused, "--save-dir", str(cut), "--resume"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # generous: the loop ends as soon as epoch 1 is saved
     while time.time() < deadline and job.poll() is None:
         if (cut / "checkpoint" / "state.json").exists():  # epoch 1 is saved
             break
-        time.sleep(0.01)
+        time.sleep(0.05)
     workers = children(job.pid)
     assert len(workers) == 2, "the job ended before a worker could be killed"
     os.kill(workers[1], signal.SIGKILL)
-    out, err = job.communicate(timeout=300)
+    out, err = job.communicate(timeout=600)
     assert job.returncode == 0, err[-2000:]
     assert "exitcode: -9" in err  # the agent saw the kill and restarted the workers,
     assert err.count("epoch   1/3") == 1  # which resumed after epoch 1 instead of redoing it
