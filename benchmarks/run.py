@@ -11,6 +11,7 @@ BENCHMARKS = [
     "bench_subspace.py",
     "bench_rbd.py",
     "bench_twa.py",
+    "bench_integrity.py",
 ]
 
 if __name__ == "__main__":

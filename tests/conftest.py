@@ -38,3 +38,8 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# A bug in lowdim must fail the test with its traceback, not become the CLI's one-line
+# "internal error" (tests of that line itself unset this).
+os.environ.setdefault("LOWDIM_DEBUG", "1")

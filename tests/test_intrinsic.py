@@ -102,11 +102,11 @@ def test_killed_sweep_resumes_without_retraining(tmp_path, monkeypatch):
 
     real, calls = intrinsic_module.train_point, []
 
-    def dies_on_the_third(cfg, data, dim, seed, folder, progress):
+    def dies_on_the_third(cfg, data, dim, *rest):
         calls.append(dim)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(cfg, data, dim, seed, folder, progress)
+        return real(cfg, data, dim, *rest)
 
     monkeypatch.setattr(intrinsic_module, "train_point", dies_on_the_third)
     assert intrinsic(tmp_path, "--projection", "sparse", "--dims", "10,20,40") == 130

@@ -20,7 +20,6 @@ always on exactly the (possibly noisy) labels of that run. It writes into
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,15 +32,17 @@ from .bases import Basis, load_basis, trajectory_pca
 from .bases.sharded import shard_bounds, shard_pca_basis, shard_span_basis
 from .bases.span import layer_deviations, trajectory_span
 from .data import load_dataset
-from .errors import LowdimError
+from .errors import LowdimError, check_finite, check_seed
 from .optim import PBFGS, PSGD, PAdamW
 from .optim.base import check_rates
 from .params import FlatParams
 from .plots import plot_spectrum
-from .rundir import CONFIG, SUMMARY, RunDir
-from .sgd import SGDConfig, holdout_split, labels_digest, model_for, resolve_device
+from .rundir import CONFIG, SUMMARY, RunDir, check_summary, config_from_json, read_json_object
+from .sgd import SGDConfig, check_config, holdout_split, labels_digest, model_for, resolve_device
 from .train import build_schedule, evaluate, fit
 from .train.bn import recompute_batchnorm
+from .train.checkpoint import has_checkpoint
+from .train.loop import check_checkpoint_every
 from .train.optim import SCHEDULES
 from .trajectory import Trajectory
 
@@ -124,6 +125,20 @@ class SubspaceConfig:
             raise LowdimError("--shard-basis works with PCA and TWA's iclr variant, not journal")
         out.weight_decay = d["weight_decay"] if self.weight_decay is None else self.weight_decay
         check_rates(out.lr, out.weight_decay)
+        check_finite(
+            momentum=self.momentum,
+            sigma=self.sigma,
+            shrink=self.shrink,
+            residual_alpha=self.residual_alpha,
+            residual_gamma=self.residual_gamma,
+        )
+        check_seed(self.seed)
+        if not (0 < self.sigma < 1 and 0 < self.shrink < 1):
+            raise LowdimError(
+                f"--sigma {self.sigma} and --shrink {self.shrink} must both lie in (0, 1)"
+            )
+        if self.max_tries < 1:
+            raise LowdimError(f"--max-tries must be >= 1, got {self.max_tries}")
         if not 0 <= out.momentum < 1:
             raise LowdimError(f"--momentum must be in [0, 1), got {out.momentum}")
         if out.schedule not in SCHEDULES:
@@ -142,18 +157,33 @@ class SubspaceConfig:
         return out
 
 
+# What a subspace run reads from the train-sgd run's summary, checked before anything runs.
+SGD_SUMMARY_KEYS = {
+    "method": str,
+    "test_acc": float,
+    "wall_seconds": float,
+    "train_labels_sha256": str,
+}
+
+
 def read_sgd_run(sgd_dir: Path) -> tuple[SGDConfig, dict]:
-    """The config and summary of a finished train-sgd run, or a clear error."""
+    """The config and summary of a finished train-sgd run, validated, or a clear error."""
     if not (sgd_dir / CONFIG).exists():
         raise LowdimError(f"--save-dir {sgd_dir} holds no train-sgd run (no {CONFIG})")
     if not (sgd_dir / SUMMARY).exists():
         raise LowdimError(
             f"the train-sgd run in {sgd_dir} has not finished; finish it with --resume first"
         )
-    raw = json.loads((sgd_dir / CONFIG).read_text())
-    fields = set(SGDConfig.__dataclass_fields__)
-    cfg = SGDConfig(**{k: v for k, v in raw.items() if k in fields})
-    return cfg, json.loads((sgd_dir / SUMMARY).read_text())
+    cfg = config_from_json(SGDConfig, sgd_dir / CONFIG)
+    check_config(cfg)
+    summary = read_json_object(sgd_dir / SUMMARY, "train-sgd run's summary")
+    check_summary(summary, sgd_dir / SUMMARY, SGD_SUMMARY_KEYS)
+    if summary["method"] != "sgd":
+        raise LowdimError(
+            f"{sgd_dir / SUMMARY} is a {summary['method']!r} run's summary: --save-dir must be "
+            "a train-sgd run"
+        )
+    return cfg, summary
 
 
 def extract_basis(trajectory: Trajectory, cfg: SubspaceConfig) -> Basis:
@@ -165,6 +195,10 @@ def extract_basis(trajectory: Trajectory, cfg: SubspaceConfig) -> Basis:
     stop = cfg.params_start + cfg.params_stride * len(window)  # one past the last snapshot
     spec = (cfg.params_start, stop, cfg.params_stride)
     twa = cfg.method == "twa"
+    if twa or (cfg.shard_basis and distributed.world_size() > 1):
+        # PCA of the whole window checks crc32 and finiteness inside its Gram pass; the other
+        # extractions take one pass first (small beside a QR or a sharded exchange).
+        trajectory.verify(cfg.params_start, end, cfg.params_stride)
     if cfg.shard_basis and distributed.world_size() > 1:
         num_params = window.shape[1]
         lo, hi = shard_bounds(num_params, distributed.world_size(), distributed.rank())
@@ -195,11 +229,14 @@ def train_in_subspace(
     resume: bool = False,
     progress: bool = True,
     name: str | None = None,
+    checkpoint_every: int = 0,
 ) -> dict:
     """Train in a subspace of the train-sgd run in `sgd_dir` (DLDR or TWA); return the summary.
 
     Results go to `sgd_dir/<name>/` (default name: the method), so one trajectory can serve
-    several subspace runs."""
+    several subspace runs. `checkpoint_every` N (default 0) also checkpoints after every N
+    steps inside an epoch (see `fit`)."""
+    check_checkpoint_every(checkpoint_every)
     sgd_dir = Path(sgd_dir)
     sgd_cfg, sgd_summary = read_sgd_run(sgd_dir)
     sgd_cfg.device = cfg.device
@@ -237,26 +274,32 @@ def train_in_subspace(
             f"--n-components {cfg.n_components} is not possible with the {len(window)} snapshots "
             f"of the window: centred PCA gives between 1 and {len(window) - 1} components"
         )
-    run = RunDir(sgd_dir / (name or cfg.method), asdict(cfg), resume=resume)
+    defaults = asdict(SubspaceConfig(method=cfg.method, variant=cfg.variant).resolved(len(train)))
+    run = RunDir(sgd_dir / (name or cfg.method), asdict(cfg), resume=resume, defaults=defaults)
     if run.finished:
         return run.read_summary()
     started = time.perf_counter()
     basis_file = run.path / "basis.safetensors"
     sharded = cfg.shard_basis and distributed.world_size() > 1
-    if run.resumed and basis_file.exists() and not sharded:
-        basis = load_basis(basis_file, layout=flat.layout())
-    else:
-        basis = extract_basis(trajectory, cfg)
+    # The stored basis is reused only where training already moved along it (a checkpoint
+    # exists); a run that failed before its first checkpoint derives it afresh, so a basis
+    # written from a bad input that has since been repaired cannot poison the folder.
+    trained = has_checkpoint(run.path / "checkpoint")
+    reuse = run.resumed and trained and not sharded
+    basis = (
+        load_basis(basis_file, layout=flat.layout()) if reuse else extract_basis(trajectory, cfg)
+    )
     basis_seconds = time.perf_counter() - started
     run.start()
-    if not sharded:
-        basis.save(basis_file, layout=flat.layout())
-    if pca:
-        plot_spectrum(
-            basis.explained_variance_ratio,
-            run.path / "spectrum.png",
-            title=f"PCA of snapshots {cfg.params_start}..{basis.window[1] - 1}",
-        )
+    if not reuse:  # written once derived, so a resumed run reads exactly what it trained in
+        if not sharded:
+            basis.save(basis_file, layout=flat.layout())
+        if pca:
+            plot_spectrum(
+                basis.explained_variance_ratio,
+                run.path / "spectrum.png",
+                title=f"PCA of snapshots {cfg.params_start}..{basis.window[1] - 1}",
+            )
     basis = basis.to(device)
 
     flat.set(basis.anchor.to(flat.data.dtype))
@@ -267,7 +310,7 @@ def train_in_subspace(
         recompute_batchnorm(average, train, device=device)
         swa = evaluate(average, test, device=device)
         del average
-    if cfg.bn_recompute and not run.resumed:
+    if cfg.bn_recompute and not trained:
         recompute_batchnorm(model, train, device=device)
     optimizer, extra = _optimizer(cfg, flat, basis, model, train)
     scheduler = build_schedule(
@@ -293,6 +336,7 @@ def train_in_subspace(
         progress=progress,
         extra_metrics=extra,
         flat=flat,  # several processes average the gradient as one D-vector
+        checkpoint_every=checkpoint_every,
     )
     test_loss, test_acc = result.test_loss, result.test_acc
     if cfg.bn_recompute and recompute_batchnorm(model, train, device=device):

@@ -4,6 +4,22 @@ The command line turns a `LowdimError` into a single line on stderr and exit sta
 message must name the bad value and say what would be valid, in one line.
 """
 
+import math
+
 
 class LowdimError(ValueError):
     """Bad input from the user: a value, a file or a folder that lowdim cannot use."""
+
+
+def check_finite(**options: float | None) -> None:
+    """One-line errors for options that are NaN or infinite (None means "the default")."""
+    for name, value in options.items():
+        if value is not None and not math.isfinite(value):
+            raise LowdimError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+
+
+def check_seed(seed: int, name: str = "seed") -> None:
+    """Seeds are integers in [0, 2^63): torch maps a negative seed onto a large positive one,
+    so -1 and 2^64 - 1 would silently give the same run."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise LowdimError(f"--{name.replace('_', '-')} must be an integer in [0, 2^63), got {seed}")

@@ -29,14 +29,21 @@ from .bases import random_basis
 from .bases.random import RANDOM_KINDS, per_compartment_basis
 from .compress import save_subspace_model
 from .data import load_dataset
-from .errors import LowdimError
+from .errors import LowdimError, check_finite, check_seed
 from .io import atomic_write_json
+from .optim.base import check_rates
 from .params import FlatParams
-from .rundir import RunDir
+from .rundir import RunDir, check_summary, read_json_object
 from .seeding import derive_seed
 from .sgd import SGDConfig, model_for, resolve_device, train_sgd
 from .subspace_model import SubspaceModel
 from .train import build_optimizer, fit
+from .train.loop import check_checkpoint_every
+
+# What a finished point's summary.json holds (checked when a resumed sweep reads it back).
+POINT_KEYS = {"dim": int, "seed": int, "test_acc": float, "wall_seconds": float}
+# What the sweep's summary.json holds.
+SWEEP_KEYS = {"method": str, "dataset": str, "arch": str, "baseline_acc": float}
 
 # Below this many training examples the subspace lr defaults to 0.1 instead of 1e-3.
 SMALL_DATA = 10_000
@@ -103,11 +110,18 @@ def make_basis(cfg: IntrinsicConfig, flat: FlatParams, dim: int, seed: int, devi
 
 
 def train_point(
-    cfg: IntrinsicConfig, data, dim: int, seed: int, folder: Path, progress: bool
+    cfg: IntrinsicConfig,
+    data,
+    dim: int,
+    seed: int,
+    folder: Path,
+    progress: bool,
+    checkpoint_every: int = 0,
 ) -> dict:
     """Train one subspace model (d = dim, anchor and basis from `seed`); return its row."""
     if (folder / "summary.json").exists():
-        return json.loads((folder / "summary.json").read_text())
+        row = read_json_object(folder / "summary.json", "point's summary")
+        return check_summary(row, folder / "summary.json", POINT_KEYS)
     device = resolve_device(cfg.device)
     model = model_for(_sgd_config(cfg, seed, cfg.epochs), data, device)
     flat = FlatParams(model)
@@ -127,6 +141,7 @@ def train_point(
         resume=True,
         progress=progress,
         regularizer=lambda: 0.5 * cfg.l2 * sub.l2_penalty(),
+        checkpoint_every=checkpoint_every,
     )
     row = {
         "dim": dim,
@@ -157,10 +172,17 @@ class Sweep:
     """The points trained so far and the rule that turns them into d_int90."""
 
     def __init__(
-        self, cfg: IntrinsicConfig, data, save_dir: Path, threshold: float, progress: bool
+        self,
+        cfg: IntrinsicConfig,
+        data,
+        save_dir: Path,
+        threshold: float,
+        progress: bool,
+        checkpoint_every: int = 0,
     ) -> None:
         self.cfg, self.data, self.dir, self.threshold = cfg, data, save_dir, threshold
         self.progress = progress
+        self.checkpoint_every = checkpoint_every
         self.rows: list[dict] = []
 
     def mean_acc(self, dim: int) -> float:
@@ -175,6 +197,7 @@ class Sweep:
                 seed,
                 self.dir / "points" / f"d{dim}-s{seed}",
                 self.progress,
+                self.checkpoint_every,
             )
             if row not in self.rows:
                 self.rows.append(row)
@@ -216,9 +239,17 @@ class Sweep:
 
 
 def measure_intrinsic_dim(
-    cfg: IntrinsicConfig, save_dir: str | Path, *, resume: bool = False, progress: bool = True
+    cfg: IntrinsicConfig,
+    save_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    checkpoint_every: int = 0,
 ) -> dict:
-    """Train the baseline, then the subspace points; return the summary (also written)."""
+    """Train the baseline, then the subspace points; return the summary (also written).
+    `checkpoint_every` N (default 0) also checkpoints the baseline and each point after every
+    N steps inside an epoch."""
+    check_checkpoint_every(checkpoint_every)
     if cfg.projection not in RANDOM_KINDS:
         raise LowdimError(
             f"unknown projection {cfg.projection!r}; choose one of: {', '.join(RANDOM_KINDS)}"
@@ -227,6 +258,15 @@ def measure_intrinsic_dim(
         raise LowdimError("give --dims D1,D2,... or --search")
     if cfg.seeds < 1 or cfg.epochs < 1:
         raise LowdimError(f"--seeds and --epochs must be >= 1, got {cfg.seeds} and {cfg.epochs}")
+    if cfg.batch_size < 1:
+        raise LowdimError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    check_finite(lr=cfg.lr, baseline_lr=cfg.baseline_lr, beta2=cfg.beta2, l2=cfg.l2)
+    check_seed(cfg.seed)
+    if cfg.lr is not None:
+        check_rates(cfg.lr)
+    check_rates(cfg.baseline_lr, cfg.l2)
+    if not 0 <= cfg.beta2 < 1:
+        raise LowdimError(f"--beta2 {cfg.beta2} is outside the valid range [0, 1)")
     save_dir = Path(save_dir)
     resolve_device(cfg.device)  # a bad --device fails here, before anything is written
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed)
@@ -238,9 +278,11 @@ def measure_intrinsic_dim(
         raise LowdimError(f"--dims {bad[0]} must be between 1 and D = {probe.numel}")
     if cfg.per_layer:  # check the per-layer split before anything is written
         make_basis(cfg, probe, min(cfg.dims or [cfg.search_min]), cfg.seed, "cpu")
-    run = RunDir(save_dir, asdict(cfg), resume=resume)
+    run = RunDir(save_dir, asdict(cfg), resume=resume, defaults=asdict(IntrinsicConfig()))
     if run.finished:
-        return run.read_summary()
+        return run.read_summary(SWEEP_KEYS)
+    for done in sorted((save_dir / "points").glob("*/summary.json")):  # read before writing
+        check_summary(read_json_object(done, "point's summary"), done, POINT_KEYS)
     run.start()
     baseline = train_sgd(
         _sgd_config(cfg, cfg.seed, cfg.epochs),
@@ -248,11 +290,12 @@ def measure_intrinsic_dim(
         resume=True,
         progress=progress,
         data=data,
+        checkpoint_every=checkpoint_every,
     )
     threshold = 0.9 * baseline["test_acc"]
     if distributed.is_main():
         (save_dir / "metrics.jsonl").unlink(missing_ok=True)
-    sweep = Sweep(cfg, data, save_dir, threshold, progress)
+    sweep = Sweep(cfg, data, save_dir, threshold, progress, checkpoint_every)
     if cfg.search:
         d_int90 = sweep.search(cfg.search_min, cfg.search_max or probe.numel)
     else:

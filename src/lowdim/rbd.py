@@ -13,12 +13,13 @@ from pathlib import Path
 from . import distributed
 from .bases.random import compartments, split_dim
 from .data import load_dataset
-from .errors import LowdimError
+from .errors import LowdimError, check_seed
 from .optim.rbd import DISTRIBUTIONS, RBD
 from .params import FlatParams
 from .rundir import RunDir
 from .sgd import SGDConfig, model_for, resolve_device
 from .train import fit
+from .train.loop import check_checkpoint_every
 
 COMPARTMENT_RULES = ("none", "layer", "param", "chunk")
 SPLITS = ("size", "equal", "each")
@@ -82,9 +83,16 @@ def rbd_compartments(cfg: RBDConfig, flat: FlatParams) -> list[tuple[int, int, i
 
 
 def train_rbd(
-    cfg: RBDConfig, save_dir: str | Path, *, resume: bool = False, progress: bool = True
+    cfg: RBDConfig,
+    save_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    checkpoint_every: int = 0,
 ) -> dict:
-    """Train with RBD (or its fixed-basis baseline); return the summary (also written)."""
+    """Train with RBD (or its fixed-basis baseline); return the summary (also written).
+    `checkpoint_every` N (default 0) also checkpoints after every N steps inside an epoch."""
+    check_checkpoint_every(checkpoint_every)
     if cfg.distribution not in DISTRIBUTIONS:
         raise LowdimError(
             f"unknown --distribution {cfg.distribution!r}; choose one of: "
@@ -94,6 +102,7 @@ def train_rbd(
         raise LowdimError(
             f"--epochs and --batch-size must be >= 1, got {cfg.epochs} and {cfg.batch_size}"
         )
+    check_seed(cfg.seed)
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed)
     sgd_like = SGDConfig(dataset=cfg.dataset, arch=cfg.arch, hidden=cfg.hidden, seed=cfg.seed)
@@ -112,7 +121,7 @@ def train_rbd(
         keep_directions=cfg.keep_directions,
         mode=cfg.mode,
     )
-    run = RunDir(save_dir, asdict(cfg), resume=resume)
+    run = RunDir(save_dir, asdict(cfg), resume=resume, defaults=asdict(RBDConfig()))
     if run.finished:
         return run.read_summary()
     run.start()
@@ -130,6 +139,7 @@ def train_rbd(
         progress=progress,
         extra_metrics=lambda: {"step_cosine": optimizer.last_cosine},
         average_gradients=False,  # RBD exchanges d coordinates, not gradients
+        checkpoint_every=checkpoint_every,
     )
     method = "rbd-fixed" if cfg.fixed_basis else "rbd"
     run.save_outputs(

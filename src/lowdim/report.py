@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .errors import LowdimError
 from .io import atomic_write
-from .rundir import SUMMARY
+from .rundir import SUMMARY, check_summary, read_json_object
 
 
 def collect_runs(save_dir: str | Path) -> list[tuple[Path, dict]]:
@@ -15,10 +15,39 @@ def collect_runs(save_dir: str | Path) -> list[tuple[Path, dict]]:
     save_dir = Path(save_dir)
     if not (save_dir / SUMMARY).exists():
         raise LowdimError(f"--save-dir {save_dir} holds no finished run (no {SUMMARY})")
-    runs = [(save_dir, json.loads((save_dir / SUMMARY).read_text()))]
-    for sub in sorted(p for p in save_dir.iterdir() if (p / SUMMARY).exists()):
-        runs.append((sub, json.loads((sub / SUMMARY).read_text())))
-    return runs
+    folders = [save_dir, *sorted(p for p in save_dir.iterdir() if (p / SUMMARY).exists())]
+    return [(p, _read_summary(p / SUMMARY)) for p in folders]
+
+
+# What the table and the figure read from each summary.
+TABLE_KEYS = {
+    "method": str,
+    "test_acc": float,
+    "wall_seconds": float,
+    "subspace_dim": int,
+    "epochs": int,
+}
+
+
+def _read_summary(path: Path) -> dict:
+    return check_summary(read_json_object(path, "run's summary"), path, TABLE_KEYS)
+
+
+def _read_curve(path: Path) -> list[dict]:
+    """The epoch records of a metrics.jsonl that hold an epoch and a test accuracy (a line
+    torn by a kill, or damaged, ends the curve there)."""
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            r = json.loads(line)
+        except ValueError:
+            break
+        if not (isinstance(r, dict) and isinstance(r.get("epoch"), (int, float))):
+            break
+        if not isinstance(r.get("test_acc"), (int, float)):
+            break
+        records.append(r)
+    return records
 
 
 def format_table(runs: list[tuple[Path, dict]]) -> str:
@@ -47,11 +76,12 @@ def plot_comparison(runs: list[tuple[Path, dict]], path: str | Path) -> None:
 
     fig, (ax_s, ax_a) = plt.subplots(1, 2, figsize=(10, 3.6))
     sgd_epochs = runs[0][1]["epochs"]
-    basis_file = next(
-        (p / "basis.safetensors" for p, _ in runs[1:] if (p / "basis.safetensors").exists()), None
-    )
-    if basis_file is not None:
-        ratios = load_basis(basis_file).explained_variance_ratio.tolist()
+    # the first PCA basis among the subspace runs (a TWA span has no spectrum)
+    files = [p / "basis.safetensors" for p, _ in runs[1:] if (p / "basis.safetensors").exists()]
+    bases = (load_basis(f) for f in files)
+    pca = next((b for b in bases if hasattr(b, "explained_variance_ratio")), None)
+    if pca is not None:
+        ratios = pca.explained_variance_ratio.tolist()
         ax_s.bar(range(1, len(ratios) + 1), ratios, color="tab:blue")
         ax_s.set(
             yscale="log",
@@ -60,7 +90,7 @@ def plot_comparison(runs: list[tuple[Path, dict]], path: str | Path) -> None:
             title="spectrum of the trajectory",
         )
     for i, (p, s) in enumerate(runs):
-        records = [json.loads(line) for line in (p / "metrics.jsonl").read_text().splitlines()]
+        records = _read_curve(p / "metrics.jsonl")
         offset = 0 if i == 0 else sgd_epochs
         label = f"{s['method']} (d={s['subspace_dim']})"
         ax_a.plot(

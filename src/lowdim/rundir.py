@@ -5,12 +5,22 @@
 
 A folder that already holds a run is only reopened with `resume=True` and the same options;
 anything else is refused before a byte is written, so no half-run can pass for a finished one.
+A run begun by an older lowdim resumes: an option its config.json lacks (added since) takes
+its default; an option whose meaning changed since (`CHANGED_MEANING`) is refused.
+
+Every JSON file lowdim reads back goes through `read_json_object`, and configs through
+`config_from_json`, which check types against the config dataclass: a damaged or edited file
+gives one `LowdimError` naming it, never a traceback from deep inside a job.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import platform
+import types
+import typing
 from pathlib import Path
 
 import torch
@@ -36,6 +46,94 @@ SUMMARY_KEYS = (
     "corrupt",
     "effective_noise_rate",
 )
+# option -> (the lowdim version whose runs first used its present meaning, what changed).
+# A run begun by an older version that stored the option is refused on resume.
+CHANGED_MEANING: dict[str, tuple[str, str]] = {}
+
+
+def read_json_object(path: str | Path, what: str = "file") -> dict:
+    """The JSON object in `path`, or a `LowdimError` naming the file and what is wrong."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LowdimError(f"{path} is missing (the {what})") from None
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise LowdimError(f"{path} (the {what}) is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise LowdimError(f"{path} (the {what}) holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def _fits(value, hint) -> bool:
+    """Whether a JSON value fits a config field's type hint (int, float, str, bool, list[X],
+    X | None); a float must be finite."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple):
+        (item, *_) = typing.get_args(hint) or (typing.Any,)
+        return isinstance(value, list) and all(_fits(v, item) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        )
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def config_from_json(cls, path: str | Path):
+    """The config dataclass `cls` from a run's config.json: every stored field type-checked,
+    fields it lacks (added since the run began) at their defaults, unknown keys ignored."""
+    raw = read_json_object(path, "run's options")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            if not _fits(raw[f.name], hints[f.name]):
+                raise LowdimError(
+                    f"{path}: option {f.name!r} is {raw[f.name]!r:.60}, not a "
+                    f"{_type_name(hints[f.name])}; the file was damaged or edited"
+                )
+            values[f.name] = raw[f.name]
+    return cls(**values)
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_summary(summary: dict, path: str | Path, keys: dict[str, type]) -> dict:
+    """`summary` if it holds each of `keys` with a value of its type, else `LowdimError`."""
+    for key, kind in keys.items():
+        if not _fits(summary.get(key), kind):
+            got = "missing" if key not in summary else f"{summary[key]!r:.40}"
+            raise LowdimError(
+                f"{path}: {key!r} is {got}, not a {_type_name(kind)}; the summary was damaged "
+                "or edited"
+            )
+    return summary
+
+
+def _leftover(path: Path) -> bool:
+    """A temporary file of `atomic_write` that a kill left behind (never read, safe to ignore:
+    a run killed while writing its config.json can still be resumed)."""
+    return path.is_file() and path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in str(text).split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
 
 
 def version() -> str:
@@ -69,11 +167,15 @@ class RunDir:
         *,
         resume: bool = False,
         may_differ: tuple[str, ...] = ("device", "data_dir", "download", "resume"),
+        defaults: dict | None = None,
     ) -> None:
         self.path = Path(path)
         self.config = config
         if self.path.exists() and not self.path.is_dir():
             raise LowdimError(f"--save-dir {self.path} is a file, not a folder")
+        parent = next((p for p in self.path.absolute().parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise LowdimError(f"--save-dir {self.path}: {parent} is a file, not a folder")
         stored = self.path / CONFIG
         self.resumed = False
         if stored.exists():
@@ -82,24 +184,36 @@ class RunDir:
                     f"--save-dir {self.path} already holds a run ({CONFIG}); pass --resume to "
                     "continue it, or choose another folder"
                 )
-            try:
-                old = json.loads(stored.read_text())
-            except ValueError:
-                raise LowdimError(f"{stored} is not valid JSON; cannot resume that run") from None
-            for key in sorted(set(old) | set(config)):
-                if key.startswith("_") or key in may_differ:
-                    continue
-                if old.get(key) != config.get(key):
-                    raise LowdimError(
-                        f"--{key.replace('_', '-')} {config.get(key)} differs from the run in "
-                        f"{self.path} ({old.get(key)}); resume with the same options"
-                    )
+            old = read_json_object(stored, "run's options")
+            self._check_same_options(old, defaults or {}, may_differ)
             self.resumed = True
-        elif self.path.exists() and any(self.path.iterdir()):
+        elif self.path.exists() and any(not _leftover(p) for p in self.path.iterdir()):
             raise LowdimError(
                 f"--save-dir {self.path} is not empty and holds no lowdim run; choose an empty "
                 "or new folder"
             )
+
+    def _check_same_options(self, old: dict, defaults: dict, may_differ: tuple[str, ...]) -> None:
+        """Refuse to resume with other options; a key the stored config lacks (an option added
+        since that run began) counts as its default."""
+        versions = old.get("_versions")
+        began = str(versions.get("lowdim_version", "0")) if isinstance(versions, dict) else "0"
+        for key, (since, what) in CHANGED_MEANING.items():
+            if key in old and _version_tuple(began) < _version_tuple(since):
+                raise LowdimError(
+                    f"--{key.replace('_', '-')} changed meaning in lowdim {since} ({what}); the "
+                    f"run in {self.path} was begun by lowdim {began}: finish it with that "
+                    "version, or start a new run"
+                )
+        for key in sorted(set(old) | set(self.config)):
+            if key.startswith("_") or key in may_differ:
+                continue
+            stored = old.get(key, defaults.get(key))
+            if stored != self.config.get(key):
+                raise LowdimError(
+                    f"--{key.replace('_', '-')} {self.config.get(key)} differs from the run in "
+                    f"{self.path} ({stored}); resume with the same options"
+                )
 
     @property
     def finished(self) -> bool:
@@ -111,14 +225,19 @@ class RunDir:
         distributed.barrier()
         if not distributed.is_main():
             return
-        self.path.mkdir(parents=True, exist_ok=True)
         if not self.resumed:
             meta = {
                 "lowdim_version": version(),
                 "torch_version": torch.__version__,
                 "python_version": platform.python_version(),
             }
-            atomic_write_json(self.path / CONFIG, {**self.config, "_versions": meta})
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(self.path / CONFIG, {**self.config, "_versions": meta})
+            except OSError as e:
+                raise LowdimError(
+                    f"--save-dir {self.path} cannot be written: {e.strerror or e}"
+                ) from None
             self.config["_versions"] = meta
 
     def save_outputs(
@@ -145,5 +264,20 @@ class RunDir:
         if distributed.is_main():
             atomic_write_json(self.path / SUMMARY, summary)
 
-    def read_summary(self) -> dict:
-        return json.loads((self.path / SUMMARY).read_text())
+    def read_summary(self, keys: dict[str, type] | None = None) -> dict:
+        """The finished run's summary, checked to hold `keys` (default: those every training
+        run's summary has) with values of their types."""
+        path = self.path / SUMMARY
+        summary = read_json_object(path, "run's summary")
+        return check_summary(summary, path, SUMMARY_TYPES if keys is None else keys)
+
+
+# What every summary.json holds, with its type (what later commands read back).
+SUMMARY_TYPES: dict[str, type] = {
+    "method": str,
+    "dataset": str,
+    "arch": str,
+    "test_acc": float,
+    "wall_seconds": float,
+    "epochs": int,
+}

@@ -21,13 +21,14 @@ import torch
 
 from . import distributed
 from .data import Data, Split, load_dataset
-from .errors import LowdimError
+from .errors import LowdimError, check_finite, check_seed
 from .io import load_tensors
 from .models import build_model
 from .params import FlatParams
 from .rundir import RunDir
 from .seeding import generator
 from .train import build_optimizer, build_schedule, fit
+from .train.loop import check_checkpoint_every
 
 
 @dataclass
@@ -79,6 +80,21 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def check_config(cfg: SGDConfig) -> None:
+    """One-line errors for options out of range (every float must also be finite)."""
+    check_finite(
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        lr_gamma=cfg.lr_gamma,
+        corrupt=cfg.corrupt,
+        holdout=cfg.holdout,
+        beta2=cfg.beta2,
+    )
+    check_seed(cfg.seed)
+    if not 0.0 <= cfg.momentum < 1.0:
+        raise LowdimError(f"--momentum {cfg.momentum} is outside the valid range [0, 1)")
+    if not 0.0 <= cfg.beta2 < 1.0:
+        raise LowdimError(f"--beta2 {cfg.beta2} is outside the valid range [0, 1)")
     if cfg.epochs <= 0:
         raise LowdimError(f"--epochs must be a positive integer, got {cfg.epochs}")
     if cfg.batch_size <= 0:
@@ -133,6 +149,12 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
         state = load_tensors(path)
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise LowdimError(f"--init-from {path} is not a safetensors file ({e})") from None
+    for name, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise LowdimError(
+                f"--init-from {path}: tensor {name!r} holds NaN or inf values (saved from a "
+                "diverged run?); start from other weights"
+            )
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -152,6 +174,7 @@ def train_sgd(
     resume: bool = False,
     progress: bool = True,
     data: Data | None = None,
+    checkpoint_every: int = 0,
 ) -> dict:
     """Train with SGD (or Adam/AdamW) while recording the trajectory; return the summary dict.
 
@@ -159,11 +182,13 @@ def train_sgd(
     `save_dir`. `data` replaces the dataset named in `cfg` (your own tensors, as a
     `lowdim.data.Data`). With `resume`, a killed run continues from its last checkpoint and
     ends with the same weights as an uninterrupted one (on the CPU; GPU kernels may be
-    non-deterministic).
+    non-deterministic). `checkpoint_every` N (default 0) also checkpoints after every N steps
+    inside an epoch (see `fit`): it changes when a kill loses work, never the result.
     """
     check_config(cfg)
+    check_checkpoint_every(checkpoint_every)
     device = resolve_device(cfg.device)
-    run = RunDir(save_dir, asdict(cfg), resume=resume)
+    run = RunDir(save_dir, asdict(cfg), resume=resume, defaults=asdict(SGDConfig()))
     if run.finished:
         return run.read_summary()
     if data is None:
@@ -206,6 +231,7 @@ def train_sgd(
         samples_per_epoch=cfg.samples_per_epoch,
         progress=progress,
         tensorboard=cfg.tensorboard,
+        checkpoint_every=checkpoint_every,
     )
     run.save_outputs(
         model,

@@ -17,11 +17,10 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from ..errors import LowdimError
-from ..io import save_tensors
+from ..io import read_tensors, save_tensors
 
 _KINDS: dict[str, type[Basis]] = {}
 
@@ -138,17 +137,27 @@ def load_basis(
     device: str | torch.device = "cpu",
 ) -> Basis:
     """Read a basis written by `Basis.save`; with `layout`, check it was made for that model."""
-    try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            meta = f.metadata() or {}
-            # cloned: aligned memory of torch's own, as in lowdim.io.load_tensors
-            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
-    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
-        raise LowdimError(f"cannot read the basis file {path}: {e}") from None
+    tensors, meta = read_tensors(path, device)
     if "kind" not in meta:
         raise LowdimError(f"{path} is not a lowdim basis file (no kind in its metadata)")
-    if layout is not None and "layout" in meta and json.loads(meta["layout"]) != layout:
+    try:
+        stored_layout = json.loads(meta["layout"]) if "layout" in meta else None
+        numbers = json.loads(meta.get("numbers", "{}"))
+    except ValueError as e:
+        raise LowdimError(f"the basis file {path} has damaged metadata ({e})") from None
+    if layout is not None and stored_layout is not None and stored_layout != layout:
         raise LowdimError(f"the basis in {path} was made for another architecture")
-    return basis_from_state(
-        {"kind": meta["kind"], "numbers": json.loads(meta.get("numbers", "{}")), "tensors": tensors}
-    )
+    if not isinstance(numbers, dict):
+        raise LowdimError(f"the basis file {path} has damaged metadata (numbers: {numbers!r:.40})")
+    for name, value in tensors.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise LowdimError(f"the basis file {path}: tensor {name!r} holds NaN or inf values")
+    try:
+        return basis_from_state({"kind": meta["kind"], "numbers": numbers, "tensors": tensors})
+    except LowdimError as e:
+        raise LowdimError(f"the basis file {path}: {e}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise LowdimError(
+            f"the basis file {path} does not describe a {meta['kind']!r} basis "
+            f"({type(e).__name__}: {e})"
+        ) from None

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import LowdimError
-from ..trajectory import Trajectory
+from ..trajectory import Trajectory, WindowChecks
 from .dense import DenseBasis
 
 # Column blocks of about this many bytes (as float64) are read, centred and multiplied at a
@@ -95,6 +95,7 @@ def pca_of_rows(
     dtype: torch.dtype = torch.float32,
     window: tuple[int, int, int] | None = None,
     reduce=None,
+    checks: WindowChecks | None = None,
 ) -> PCABasis:
     """The top `n_components` principal directions of the rows of `matrix` (t x D).
 
@@ -104,6 +105,8 @@ def pca_of_rows(
     `reduce(gram)`, if given, completes the t x t Gram matrix in place before it is
     decomposed: with `matrix` a slice of the parameters, summing the slices' Gram matrices
     across processes gives each its slice of the whole PCA (see `bases.sharded`).
+    `checks` (from `Trajectory.checks`) verifies each row's crc32 in the same pass that
+    accumulates the Gram matrix. NaN or inf in the rows raise `LowdimError` naming them.
     """
     if isinstance(matrix, Tensor):
         matrix = matrix.detach().cpu().numpy()
@@ -131,9 +134,18 @@ def pca_of_rows(
         g_ba.addmm_(b, a.t())
         g_bb.addmm_(b, b.t())
         mean[j : j + block.shape[1]] = block_mean
+        if checks is not None:
+            checks.update(j + block.shape[1])
+    if checks is not None:
+        checks.verify_checksums()
     gram[:h, :h], gram[h:, :h], gram[:h, h:], gram[h:, h:] = g_aa, g_ba, g_ba.t(), g_bb
     if reduce is not None:
         reduce(gram)
+    if not torch.isfinite(gram).all():  # one non-finite value anywhere spoils all of G
+        if checks is not None:
+            raise checks.nonfinite_error()
+        bad = [i for i in range(t) if not np.isfinite(matrix[i]).all()]
+        raise LowdimError(f"rows {bad[:6]} of the snapshot matrix hold NaN or inf values")
     evals, evecs = torch.linalg.eigh(gram)  # ascending
     evals, evecs = evals.flip(0), evecs.flip(1)
     total = evals.clamp(min=0).sum()
@@ -184,4 +196,7 @@ def trajectory_pca(
     The anchor is the snapshot at `start`."""
     end = len(trajectory) if end is None else end
     window = trajectory.window(start, end, stride)
-    return pca_of_rows(window, n_components, dtype=dtype, window=(start, end, stride))
+    checks = trajectory.checks(start, end, stride)
+    return pca_of_rows(
+        window, n_components, dtype=dtype, window=(start, end, stride), checks=checks
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import NoReturn
 
@@ -25,6 +26,17 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}"
         ) from None
+
+
+def finite_float(text: str) -> float:
+    """A float option: a finite number (argparse's `float` takes "nan" and "inf")."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def normalise_option_names(argv: list[str]) -> list[str]:
@@ -59,7 +71,7 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--corrupt",
-        type=float,
+        type=finite_float,
         default=0.0,
         metavar="C",
         help="fraction of training labels replaced by uniform draws, in [0, 1]",
@@ -105,6 +117,14 @@ def add_session_options(g) -> None:
         "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)"
     )
     g.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars")
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also checkpoint every N optimiser steps inside an epoch, for large datasets "
+        "(default: 0, only at the end of each epoch)",
+    )
 
 
 def print_result(summary: dict, save_dir: str) -> None:

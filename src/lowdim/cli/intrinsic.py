@@ -13,14 +13,15 @@ from ..data import load_dataset
 from ..errors import LowdimError
 from ..intrinsic import IntrinsicConfig, measure_intrinsic_dim
 from ..train import evaluate
-from .common import add_session_options, int_list
+from .common import add_session_options, finite_float, int_list
 
 HELP = "measure the intrinsic dimension: the smallest random subspace reaching 90% accuracy"
 
 
 def add_parser(sub) -> None:
     d = IntrinsicConfig()
-    p = sub.add_parser("intrinsic-dim", help=HELP, description=HELP)
+    # argparse reads a help text as a %-format: the one % is doubled there, not in the description
+    p = sub.add_parser("intrinsic-dim", help=HELP.replace("%", "%%"), description=HELP)
     p.add_argument("--dataset", default=d.dataset)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--arch", default=d.arch)
@@ -50,21 +51,21 @@ def add_parser(sub) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"(default: {d.epochs})")
     p.add_argument(
         "--lr",
-        type=float,
+        type=finite_float,
         default=None,
         help="Adam's lr for the subspace runs (default: 1e-3, or 0.1 on training sets "
         "under 10,000 examples)",
     )
     p.add_argument(
         "--baseline-lr",
-        type=float,
+        type=finite_float,
         default=d.baseline_lr,
         help="Adam's lr for the direct baseline (default: 1e-3)",
     )
-    p.add_argument("--beta2", type=float, default=d.beta2, help="(default: 0.99)")
+    p.add_argument("--beta2", type=finite_float, default=d.beta2, help="(default: 0.99)")
     p.add_argument(
         "--l2",
-        type=float,
+        type=finite_float,
         default=d.l2,
         help="L2 on the full weights, 0.5 * l2 * ||theta||^2 (default: 1e-4)",
     )
@@ -95,7 +96,11 @@ def run(args: argparse.Namespace) -> None:
         f.name: getattr(args, f.name) for f in fields(IntrinsicConfig) if hasattr(args, f.name)
     }
     summary = measure_intrinsic_dim(
-        IntrinsicConfig(**given), args.save_dir, resume=args.resume, progress=not args.quiet
+        IntrinsicConfig(**given),
+        args.save_dir,
+        resume=args.resume,
+        progress=not args.quiet,
+        checkpoint_every=args.checkpoint_every,
     )
     print(
         f"intrinsic-dim: {summary['arch']} on {summary['dataset']}, "

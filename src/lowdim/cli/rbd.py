@@ -7,7 +7,7 @@ from dataclasses import fields
 
 from ..optim.rbd import DISTRIBUTIONS, MODES, NORMALISATIONS
 from ..rbd import COMPARTMENT_RULES, SPLITS, RBDConfig, train_rbd
-from .common import add_session_options, int_list, print_result
+from .common import add_session_options, finite_float, int_list, print_result
 
 HELP = "train with random bases descent: d fresh random directions every step"
 
@@ -64,7 +64,7 @@ def add_parser(sub) -> None:
         help="hold a step's directions in memory (d x D floats) instead of regenerating them",
     )
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"(default: {d.epochs})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"(default: {d.lr})")
+    p.add_argument("--lr", type=finite_float, default=d.lr, help=f"(default: {d.lr})")
     p.add_argument(
         "--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})"
     )
@@ -77,6 +77,10 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> None:
     given = {f.name: getattr(args, f.name) for f in fields(RBDConfig) if hasattr(args, f.name)}
     summary = train_rbd(
-        RBDConfig(**given), args.save_dir, resume=args.resume, progress=not args.quiet
+        RBDConfig(**given),
+        args.save_dir,
+        resume=args.resume,
+        progress=not args.quiet,
+        checkpoint_every=args.checkpoint_every,
     )
     print_result(summary, args.save_dir)

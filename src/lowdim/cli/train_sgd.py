@@ -7,7 +7,14 @@ from dataclasses import fields
 
 from ..sgd import SGDConfig, train_sgd
 from ..train import OPTIMIZERS, SCHEDULES
-from .common import add_data_options, add_model_options, add_run_options, int_list, print_result
+from .common import (
+    add_data_options,
+    add_model_options,
+    add_run_options,
+    finite_float,
+    int_list,
+    print_result,
+)
 
 HELP = "train with SGD while recording parameter snapshots (DLDR stage 1)"
 
@@ -19,10 +26,15 @@ def add_parser(sub) -> None:
     add_model_options(p)
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=d.epochs, help=f"(default: {d.epochs})")
-    g.add_argument("--lr", type=float, default=d.lr, help=f"(default: {d.lr})")
-    g.add_argument("--momentum", type=float, default=d.momentum, help=f"(default: {d.momentum})")
+    g.add_argument("--lr", type=finite_float, default=d.lr, help=f"(default: {d.lr})")
     g.add_argument(
-        "--weight-decay", type=float, default=d.weight_decay, help=f"(default: {d.weight_decay})"
+        "--momentum", type=finite_float, default=d.momentum, help=f"(default: {d.momentum})"
+    )
+    g.add_argument(
+        "--weight-decay",
+        type=finite_float,
+        default=d.weight_decay,
+        help=f"(default: {d.weight_decay})",
     )
     g.add_argument(
         "--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})"
@@ -40,7 +52,9 @@ def add_parser(sub) -> None:
         metavar="E1,E2",
         help="epochs after which the lr is multiplied by --lr-gamma (default: none)",
     )
-    g.add_argument("--lr-gamma", type=float, default=d.lr_gamma, help=f"(default: {d.lr_gamma})")
+    g.add_argument(
+        "--lr-gamma", type=finite_float, default=d.lr_gamma, help=f"(default: {d.lr_gamma})"
+    )
     g.add_argument(
         "--samples-per-epoch",
         type=int,
@@ -48,7 +62,7 @@ def add_parser(sub) -> None:
         help="snapshots per epoch, besides the one at initialisation (default: 1)",
     )
     g.add_argument(
-        "--beta2", type=float, default=d.beta2, help=f"Adam's beta2 (default: {d.beta2})"
+        "--beta2", type=finite_float, default=d.beta2, help=f"Adam's beta2 (default: {d.beta2})"
     )
     g.add_argument(
         "--init-from",
@@ -59,7 +73,7 @@ def add_parser(sub) -> None:
     )
     g.add_argument(
         "--holdout",
-        type=float,
+        type=finite_float,
         default=d.holdout,
         metavar="F",
         help="set aside this fraction of the training data (for `twa --fit-on holdout`; "
@@ -71,5 +85,11 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> None:
     cfg = SGDConfig(**{f.name: getattr(args, f.name) for f in fields(SGDConfig)})
-    summary = train_sgd(cfg, args.save_dir, resume=args.resume, progress=not args.quiet)
+    summary = train_sgd(
+        cfg,
+        args.save_dir,
+        resume=args.resume,
+        progress=not args.quiet,
+        checkpoint_every=args.checkpoint_every,
+    )
     print_result(summary, args.save_dir)

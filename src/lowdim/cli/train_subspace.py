@@ -8,7 +8,7 @@ from dataclasses import fields
 
 from ..dldr import DEFAULTS, SubspaceConfig, train_in_subspace
 from ..train.optim import SCHEDULES
-from .common import add_session_options, int_list, print_result
+from .common import add_session_options, finite_float, int_list, print_result
 
 HELP = {
     "psgd": "train in the PCA subspace of a train-sgd run's trajectory with projected SGD",
@@ -86,11 +86,11 @@ def _add(sub, method: str) -> None:
         "them over the training data at the start and the end)",
     )
     if method in ("psgd", "twa"):
-        g.add_argument("--lr", type=float, default=None, help=f"(default: {m['lr']})")
-        g.add_argument("--momentum", type=float, default=d.momentum, help="(default: 0.9)")
+        g.add_argument("--lr", type=finite_float, default=None, help=f"(default: {m['lr']})")
+        g.add_argument("--momentum", type=finite_float, default=d.momentum, help="(default: 0.9)")
         g.add_argument(
             "--weight-decay",
-            type=float,
+            type=finite_float,
             default=None,
             help=f"L2 on the weights, projected into the subspace (default: {m['weight_decay']:g})",
         )
@@ -118,16 +118,16 @@ def _add(sub, method: str) -> None:
     else:
         g.add_argument(
             "--lr",
-            type=float,
+            type=finite_float,
             default=None,
             help=f"first trial step of the line search (default: {m['lr']})",
         )
         g.add_argument(
-            "--sigma", type=float, default=d.sigma, help="Armijo constant (default: 0.4)"
+            "--sigma", type=finite_float, default=d.sigma, help="Armijo constant (default: 0.4)"
         )
         g.add_argument(
             "--shrink",
-            type=float,
+            type=finite_float,
             default=d.shrink,
             help="step factor between trials (default: 0.4)",
         )
@@ -139,13 +139,13 @@ def _add(sub, method: str) -> None:
         )
         g.add_argument(
             "--residual-alpha",
-            type=float,
+            type=finite_float,
             default=d.residual_alpha,
             help="residual momentum step on the out-of-subspace gradient (default: 0)",
         )
         g.add_argument(
             "--residual-gamma",
-            type=float,
+            type=finite_float,
             default=d.residual_gamma,
             help="residual momentum decay (default: 0.9)",
         )
@@ -168,5 +168,6 @@ def run(args: argparse.Namespace) -> None:
         resume=args.resume,
         progress=not args.quiet,
         name=args.name,
+        checkpoint_every=args.checkpoint_every,
     )
     print_result(summary, f"{args.save_dir}/{args.name or args.method}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -10,10 +12,11 @@ from ..params import FlatParams
 
 
 def check_rates(lr: float, weight_decay: float = 0.0) -> None:
-    """One-line errors for a learning rate <= 0 or a negative weight decay."""
-    if lr <= 0:
-        raise LowdimError(f"--lr must be positive, got {lr}")
-    if weight_decay < 0:
+    """One-line errors for a learning rate that is not a finite positive number, or a weight
+    decay that is negative or not finite (`not lr > 0` also catches NaN)."""
+    if not (lr > 0 and math.isfinite(lr)):
+        raise LowdimError(f"--lr must be positive and finite, got {lr}")
+    if not (weight_decay >= 0 and math.isfinite(weight_decay)):
         raise LowdimError(f"--weight-decay must be >= 0, got {weight_decay}")
 
 
