@@ -201,6 +201,27 @@ def test_pbfgs_restores_batchnorm_statistics_of_rejected_trials():
     assert torch.allclose(bn.running_mean, ref.running_mean, atol=1e-6)
 
 
+def test_pbfgs_counts_one_batchnorm_update_per_step_however_many_trials():
+    """BatchNorm(momentum=None) averages its statistics by the batches it has counted: rejected
+    trials must not count, or the average takes the wrong factor."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.BatchNorm1d(8, momentum=None))
+    net.append(nn.Linear(8, 3))
+    flat = FlatParams(net)
+    q, _ = torch.linalg.qr(torch.randn(flat.numel, 5))
+    opt = PBFGS(flat, DenseBasis(q.t().contiguous()), lr=1e3, module=net)  # many rejections
+    bn, seen = net[2], []
+    for k in range(4):
+        x, y = batch(seed=k)
+        opt.step(make_closure(net, x, y))
+        with torch.no_grad():  # the batch mean at the accepted point
+            seen.append(net[1](net[0](x)).mean(0))
+    assert opt.counters()["trials"] > 4
+    assert int(bn.num_batches_tracked) == 4
+    # the cumulative average of the accepted steps' batch means, and nothing else
+    assert torch.allclose(bn.running_mean, torch.stack(seen).mean(0), atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "make",
     [

@@ -57,8 +57,9 @@ class PBFGS(FlatOptimizer):
         reset_every: reset H to the identity every this many steps (default 0: never; the CLI's
             --reset-every-epoch sets it to the steps per epoch).
         residual_alpha, residual_gamma: residual momentum (default 0 and 0.9: off).
-        module: the model, whose floating buffers (BatchNorm running statistics) are restored
-            after rejected trials (default None: no buffers).
+        module: the model, whose buffers (BatchNorm running statistics and its batch counter,
+            which `momentum=None` averages by) are restored after rejected trials, so a step
+            updates them once (default None: no buffers).
 
     The closure must accept `backward: bool = True` to skip the backward pass in trials;
     a closure without that argument also works, at the cost of a backward pass per trial.
@@ -98,7 +99,7 @@ class PBFGS(FlatOptimizer):
         )
         super().__init__(flat, defaults)
         self.basis = basis
-        self.buffers = [b for b in module.buffers() if b.is_floating_point()] if module else []
+        self.buffers = list(module.buffers()) if module is not None else []
 
     # -- state -------------------------------------------------------------------------------
     def _state(self) -> dict:
