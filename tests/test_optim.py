@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from lowdim.bases import DenseBasis
-from lowdim.optim import PBFGS, PSGD, armijo_accepts, bfgs_update
+from lowdim.optim import PBFGS, PSGD, PAdamW, armijo_accepts, bfgs_update
+from lowdim.optim.rbd import RBD
 from lowdim.params import FlatParams
 
 
@@ -253,3 +254,35 @@ def test_state_dict_loads_weights_only_and_resumes_exactly(make):
         opt2.step(closure2)
     assert torch.equal(flat2.data, straight)
     assert math.isfinite(closure2().item())
+
+
+FLAT_OPTIMISERS = {
+    "psgd": lambda flat, basis: PSGD(flat, basis, lr=0.1),
+    "pbfgs": lambda flat, basis: PBFGS(flat, basis),
+    "padamw": lambda flat, basis: PAdamW(flat, basis, lr=0.01),
+    "rbd": lambda flat, basis: RBD(flat, 3, 0.1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLAT_OPTIMISERS))
+@pytest.mark.parametrize("misuse", ["zero_grad_to_none", "module_moved"])
+def test_a_step_that_would_silently_do_nothing_raises(name, misuse):
+    """Gradients set to None by `model.zero_grad()`, or parameters re-homed by `model.to()`
+    after FlatParams: the step would move nothing (or not the model); it says so instead."""
+    net, flat, basis = net_and_basis()
+    opt = FLAT_OPTIMISERS[name](flat, basis)
+    x, y = batch()
+    if misuse == "module_moved":
+        net.double()
+        x = x.double()
+
+    def closure(backward: bool = True):
+        if backward:
+            net.zero_grad()  # torch's default: gradients to None
+        loss = nn.functional.cross_entropy(net(x), y)
+        if backward:
+            loss.backward()
+        return loss
+
+    with pytest.raises(RuntimeError, match="detached from the flat"):
+        opt.step(closure)

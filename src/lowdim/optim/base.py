@@ -32,10 +32,14 @@ class FlatOptimizer(torch.optim.Optimizer):
         """Zero the model's flat gradient in place (its views must survive, so never None)."""
         self.flat.zero_grad()
 
-    @staticmethod
-    def _evaluate(closure) -> Tensor | None:
-        """The closure's loss (with its gradient in `flat.grad`), or None without a closure."""
-        if closure is None:
-            return None
-        with torch.enable_grad():
-            return closure()
+    def _evaluate(self, closure) -> Tensor | None:
+        """The closure's loss (with its gradient in `flat.grad`), or None without a closure;
+        then a check that the model's parameters and gradients are still the flat buffers' views
+        (a `model.zero_grad()` that sets gradients to None, or a `model.to(...)` after
+        `FlatParams`, would otherwise make every step a silent no-op)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.flat.check()
+        return loss

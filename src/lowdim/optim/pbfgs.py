@@ -144,8 +144,7 @@ class PBFGS(FlatOptimizer):
         # Buffers as they were before this step's forward passes: each trial starts from them,
         # so the accepted trial's forward pass is the one update BatchNorm statistics get.
         buffers0 = [b.clone() for b in self.buffers]
-        with torch.enable_grad():
-            loss0 = closure()
+        loss0 = self._evaluate(closure)
         f0 = float(loss0)
         state["steps"] += 1
         grad = self.basis.project(self.flat.grad).double()
