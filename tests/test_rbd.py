@@ -29,7 +29,7 @@ def materialised(opt, step, worker=0):
     for k, (offset, length, rows) in enumerate(opt.compartments):
         for j in range(-(-rows // opt.chunk_rows)):
             raw, scale = opt.chunk(step, worker, k, j)
-            full = torch.zeros(len(raw), opt.flat.numel)
+            full = torch.zeros(len(raw), opt.flat.numel, dtype=raw.dtype)
             full[:, offset : offset + length] = raw * (
                 scale.unsqueeze(-1) if scale.dim() else scale
             )
@@ -59,6 +59,28 @@ def test_step_is_minus_lr_p_pt_g_and_bases_change_every_step(compartments, optio
         assert torch.allclose(flat.data, before - 0.5 * p @ (p.t() @ g), atol=1e-6)
         assert 0 < opt.last_cosine <= 1
     assert not torch.equal(materialised(opt, 0), materialised(opt, 1))
+
+
+def test_a_float64_model_steps_along_the_same_directions_in_float64():
+    """The keyed stream is drawn in float32 whatever the model, so a float64 model gets the
+    same directions, exactly, and steps along them in float64."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 3)).double()
+    flat = FlatParams(net)
+    opt = RBD(flat, 8, lr=0.5, chunk_rows=3)
+    _, flat32 = net_and_flat()
+    opt32 = RBD(flat32, 8, lr=0.5, chunk_rows=3)
+    assert torch.equal(opt.chunk(0, 0, 0, 1)[0], opt32.chunk(0, 0, 0, 1)[0].double())
+    p = materialised(opt, 0)
+    assert p.dtype == torch.float64  # scaled in float64: within float32's rounding of P
+    assert torch.allclose(p, materialised(opt32, 0).double(), rtol=2**-23, atol=0)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 6, generator=g).double(), torch.randint(0, 3, (16,), generator=g)
+    opt.zero_grad()
+    nn.functional.cross_entropy(net(x), y).backward()
+    before, grad = flat.get(), flat.grad.clone()
+    opt.step()
+    assert torch.allclose(flat.data, before - 0.5 * p @ (p.t() @ grad), atol=1e-12)
 
 
 def test_a_chunk_regenerated_from_its_key_alone_equals_the_one_used():

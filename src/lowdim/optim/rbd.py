@@ -190,7 +190,11 @@ class RBD(FlatOptimizer):
             self.distribution,
             self.flat.data.device,
         )
-        return raw, _scale(raw, self.normalise)
+        scale = _scale(raw, self.normalise)
+        # Drawn in float32 whatever the model's dtype (the same keyed stream, so the same
+        # directions), then cast to it: a float64 model steps along exactly those directions.
+        dtype = self.flat.data.dtype
+        return raw.to(dtype), scale.to(dtype) if torch.is_tensor(scale) else scale
 
     def _chunks(self, step: int, worker: int):
         """(compartment, first row, raw directions, scale) for every chunk of a step, in order,
