@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
 from lowdim.bases import load_basis
 from lowdim.bases.span import SpanBasis, span_of_rows
@@ -167,3 +168,18 @@ def test_twa_v_fits_the_coefficients_on_the_held_out_examples(tmp_path, capsys):
     assert main([*twa.split(), str(tmp_path / "s2")]) == 2
     assert "needs a train-sgd run with --holdout > 0" in capsys.readouterr().err
     assert not (tmp_path / "s2" / "twa").exists()
+
+
+def test_the_checkpoint_span_is_public_and_works_on_a_users_trajectory(tmp_path):
+    import lowdim
+
+    net = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2))
+    flat = lowdim.FlatParams(net)
+    recorder = lowdim.TrajectoryRecorder(tmp_path / "t", flat.layout())
+    g = torch.Generator().manual_seed(0)
+    for i in range(5):
+        recorder.append(flat.data + 0.1 * i * torch.randn(flat.numel, generator=g), epoch=i, step=i)
+    span = lowdim.trajectory_span(lowdim.Trajectory(tmp_path / "t"), start=1)
+    assert span.dim == 4 and span.window == (1, 5, 1)
+    assert span.orthogonality_error() < 1e-12
+    assert {"RBD", "trajectory_span", "span_of_rows"} <= set(lowdim.__all__)

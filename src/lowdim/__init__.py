@@ -13,7 +13,9 @@ from .bases import (
     pca_of_rows,
     per_compartment_basis,
     random_basis,
+    span_of_rows,
     trajectory_pca,
+    trajectory_span,
 )
 from .compress import load_subspace_model, save_subspace_model
 from .data import DATASETS, Data, Split, corrupt_labels, load_dataset
@@ -21,7 +23,7 @@ from .dldr import SubspaceConfig, train_in_subspace
 from .errors import LowdimError
 from .intrinsic import IntrinsicConfig, measure_intrinsic_dim
 from .models import available_archs, build_model, register_model
-from .optim import PBFGS, PSGD
+from .optim import PBFGS, PSGD, RBD
 from .params import FlatParams, ParamSpec
 from .sgd import SGDConfig, train_sgd
 from .subspace_model import SubspaceModel
@@ -41,11 +43,14 @@ __all__ = [
     "PBFGS",
     "PCABasis",
     "PSGD",
+    "RBD",
     "SubspaceConfig",
     "load_basis",
     "pca_of_rows",
     "train_in_subspace",
+    "span_of_rows",
     "trajectory_pca",
+    "trajectory_span",
     "DATASETS",
     "Data",
     "FlatParams",

@@ -8,6 +8,7 @@ from .gaussian import GaussianBasis
 from .hadamard import fwht
 from .pca import PCABasis, pca_of_rows, trajectory_pca
 from .random import RANDOM_KINDS, compartments, per_compartment_basis, random_basis, split_dim
+from .span import LayerDeviationBasis, SpanBasis, layer_deviations, span_of_rows, trajectory_span
 from .sparse import SparseBasis
 
 __all__ = [
@@ -17,16 +18,21 @@ __all__ = [
     "DenseBasis",
     "FastfoodBasis",
     "GaussianBasis",
+    "LayerDeviationBasis",
     "PCABasis",
+    "SpanBasis",
     "SparseBasis",
     "basis_from_state",
     "compartments",
     "expand_differentiable",
     "fwht",
+    "layer_deviations",
     "load_basis",
     "pca_of_rows",
     "per_compartment_basis",
     "random_basis",
+    "span_of_rows",
     "split_dim",
     "trajectory_pca",
+    "trajectory_span",
 ]
