@@ -23,3 +23,13 @@ def check_seed(seed: int, name: str = "seed") -> None:
     so -1 and 2^64 - 1 would silently give the same run."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise LowdimError(f"--{name.replace('_', '-')} must be an integer in [0, 2^63), got {seed}")
+
+
+def is_int(value: object, low: int | None = None) -> bool:
+    """An integer as JSON gives it back (not a bool), and >= `low` if given."""
+    return isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
+
+
+def is_number(value: object) -> bool:
+    """An int or a float as JSON gives it back (not a bool; NaN and inf included)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

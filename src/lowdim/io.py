@@ -119,3 +119,11 @@ def load_tensors(
 ) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file, checked as `read_tensors` does."""
     return read_tensors(path, device)[0]
+
+
+def first_nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating tensor holding NaN or inf, or None."""
+    return next(
+        (k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()),
+        None,
+    )

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .errors import LowdimError
+from .errors import LowdimError, is_int, is_number
 from .io import atomic_write_json
 
 CONFIG = "config.json"
@@ -79,11 +79,9 @@ def _fits(value, hint) -> bool:
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_int(value)
     if hint is float:
-        return (
-            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        )
+        return is_number(value) and math.isfinite(value)
     if hint is str:
         return isinstance(value, str)
     return True

@@ -22,7 +22,7 @@ import torch
 from . import distributed
 from .data import Data, Split, load_dataset
 from .errors import LowdimError, check_finite, check_seed
-from .io import load_tensors
+from .io import first_nonfinite, load_tensors
 from .models import build_model
 from .params import FlatParams
 from .rundir import RunDir
@@ -149,12 +149,11 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
         state = load_tensors(path)
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise LowdimError(f"--init-from {path} is not a safetensors file ({e})") from None
-    for name, value in state.items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise LowdimError(
-                f"--init-from {path}: tensor {name!r} holds NaN or inf values (saved from a "
-                "diverged run?); start from other weights"
-            )
+    if (name := first_nonfinite(state)) is not None:
+        raise LowdimError(
+            f"--init-from {path}: tensor {name!r} holds NaN or inf values (saved from a "
+            "diverged run?); start from other weights"
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import LowdimError
+from .errors import LowdimError, is_int, is_number
 from .io import atomic_write_text, crc32
 
 FORMAT = "lowdim-trajectory-1"
@@ -269,10 +269,6 @@ class WindowChecks:
         return LowdimError(self.trajectory.nonfinite_error(bad or self.rows[:1]))
 
 
-def _is_int(value, low: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
 def read_manifest(path: Path) -> dict:
     """A trajectory manifest, validated: the format, a dtype lowdim writes, D equal to the
     layout's total, and one well-formed entry per snapshot; else `LowdimError` naming the file
@@ -294,13 +290,13 @@ def read_manifest(path: Path) -> dict:
     if not isinstance(manifest.get("dtype"), str) or manifest["dtype"] not in _DTYPES:
         raise bad(f"dtype {manifest.get('dtype')!r} is not one of {sorted(_DTYPES)}")
     num_params, layout = manifest.get("num_params"), manifest.get("layout")
-    if not _is_int(num_params, 1):
+    if not is_int(num_params, 1):
         raise bad(f"num_params {num_params!r} is not a positive integer")
     if not isinstance(layout, list) or not all(
         isinstance(e, dict)
         and isinstance(e.get("name"), str)
         and isinstance(e.get("shape"), list)
-        and all(_is_int(n) for n in e["shape"])
+        and all(is_int(n, 0) for n in e["shape"])
         for e in layout
     ):
         raise bad("layout is not a list of {name, shape} entries")
@@ -314,12 +310,11 @@ def read_manifest(path: Path) -> dict:
         if not (
             isinstance(e, dict)
             and e.get("index") == i
-            and _is_int(e.get("index"))
-            and _is_int(e.get("step"))
-            and isinstance(e.get("epoch"), (int, float))
-            and not isinstance(e.get("epoch"), bool)
+            and is_int(e.get("index"), 0)
+            and is_int(e.get("step"), 0)
+            and is_number(e.get("epoch"))
             and math.isfinite(e["epoch"])
-            and _is_int(e.get("crc32"))
+            and is_int(e.get("crc32"), 0)
             and e["crc32"] < 2**32
         ):
             raise bad(f"snapshot entry {i} is not {{index: {i}, epoch, step, crc32}}: {e!r:.80}")

@@ -15,12 +15,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .bases import load_basis
 from .compress import load_subspace_model
 from .errors import LowdimError
-from .io import load_tensors
+from .io import first_nonfinite, load_tensors
 from .rundir import CONFIG, SUMMARY, read_json_object
 from .train.checkpoint import RECORD, verify_checkpoint
 from .trajectory import MANIFEST_FILE, Trajectory
@@ -50,9 +48,8 @@ def _check_metrics(path: Path) -> None:
 
 
 def _check_weights(path: Path) -> None:
-    for name, value in load_tensors(path).items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise LowdimError(f"tensor {name!r} holds NaN or inf values")
+    if (name := first_nonfinite(load_tensors(path))) is not None:
+        raise LowdimError(f"tensor {name!r} holds NaN or inf values")
 
 
 def _check_trajectory(folder: Path) -> None:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..errors import LowdimError
-from ..io import read_tensors, save_tensors
+from ..io import first_nonfinite, read_tensors, save_tensors
 
 _KINDS: dict[str, type[Basis]] = {}
 
@@ -149,9 +149,8 @@ def load_basis(
         raise LowdimError(f"the basis in {path} was made for another architecture")
     if not isinstance(numbers, dict):
         raise LowdimError(f"the basis file {path} has damaged metadata (numbers: {numbers!r:.40})")
-    for name, value in tensors.items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise LowdimError(f"the basis file {path}: tensor {name!r} holds NaN or inf values")
+    if (name := first_nonfinite(tensors)) is not None:
+        raise LowdimError(f"the basis file {path}: tensor {name!r} holds NaN or inf values")
     try:
         return basis_from_state({"kind": meta["kind"], "numbers": numbers, "tensors": tensors})
     except LowdimError as e:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import LowdimError
+from ..errors import LowdimError, is_int, is_number
 
 # The counters of a torch LR scheduler; the rest (milestones, lambdas) is rebuilt from the config.
 SCHEDULER_KEYS = ("last_epoch", "_step_count", "_last_lr", "base_lrs")
@@ -25,14 +25,6 @@ _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 def _plain(value: object) -> object:
     """A group value as JSON gives it back (tuples become lists)."""
     return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_record(record: object, path: Path) -> None:
@@ -53,26 +45,26 @@ def check_record(record: object, path: Path) -> None:
         *(("epoch_step",) if "epoch_step" in progress else ()),
     ):
         value = progress.get(key)
-        if not _is_int(value) or value < 0:
+        if not is_int(value) or value < 0:
             raise bad(f"progress.{key} is {value!r}, not an integer >= 0")
     wall = progress.get("wall_seconds")
-    if not _is_number(wall) or not math.isfinite(wall) or wall < 0:
+    if not is_number(wall) or not math.isfinite(wall) or wall < 0:
         raise bad(f"progress.wall_seconds is {wall!r}, not a number >= 0")
     if progress.get("epoch_step", 0) > 0:  # taken inside an epoch: the running epoch's state
-        if not _is_number(progress.get("epoch_lr")):
+        if not is_number(progress.get("epoch_lr")):
             raise bad(f"progress.epoch_lr is {progress.get('epoch_lr')!r}, not a number")
         seconds = progress.get("epoch_seconds", 0.0)
-        if not _is_number(seconds) or not math.isfinite(seconds) or seconds < 0:
+        if not is_number(seconds) or not math.isfinite(seconds) or seconds < 0:
             raise bad(f"progress.epoch_seconds is {seconds!r}, not a number >= 0")
         world = progress.get("world", 1)
-        if not _is_int(world) or world < 1:
+        if not is_int(world) or world < 1:
             raise bad(f"progress.world is {world!r}, not an integer >= 1")
         totals = progress.get("totals")
         if (
             not isinstance(totals, list)
             or len(totals) != world
             or not all(
-                isinstance(row, list) and len(row) == 3 and all(map(_is_number, row))
+                isinstance(row, list) and len(row) == 3 and all(map(is_number, row))
                 for row in totals
             )
         ):
@@ -87,7 +79,7 @@ def check_record(record: object, path: Path) -> None:
         raise bad(f"tensors_sha256 is {digest!r}, not a sha256 digest")
     groups = record.get("param_groups")
     if not isinstance(groups, list) or not all(
-        isinstance(g, dict) and isinstance(g.get("params"), list) and all(map(_is_int, g["params"]))
+        isinstance(g, dict) and isinstance(g.get("params"), list) and all(map(is_int, g["params"]))
         for g in groups
     ):
         raise bad("param_groups is not a list of groups with integer 'params'")
@@ -183,7 +175,7 @@ def optimizer_state(
                     saved[key] = value
                     continue
                 raise bad(f"a parameter group lacks {key!r}")
-            if _is_number(value) and not _is_number(saved[key]):
+            if is_number(value) and not is_number(saved[key]):
                 raise bad(f"the group's {key} is {saved[key]!r}, not a number")
             if key == "lr":  # the one value a schedule changes: finite, >= 0, a float32
                 if not 0 <= saved[key] <= _FLOAT32_MAX:
@@ -211,7 +203,7 @@ def optimizer_state(
             if not torch.is_tensor(value):
                 if builtin and (
                     (name in _PARAM_SHAPED and value is not None)
-                    or (name == "step" and not _is_number(value))
+                    or (name == "step" and not is_number(value))
                 ):
                     raise bad(f"{name} of parameter {pid} is {value!r:.40}, not a tensor")
                 continue
@@ -235,12 +227,12 @@ def check_scheduler(saved: dict, scheduler: Any | None, optimizer, path: Path) -
             raise LowdimError(f"the checkpoint record {path} lacks the scheduler's {key}")
         value = saved[key]
         if key in ("last_epoch", "_step_count"):
-            ok = _is_int(value)
+            ok = is_int(value)
         else:
             ok = (
                 isinstance(value, list)
                 and len(value) == len(optimizer.param_groups)
-                and all(map(_is_number, value))
+                and all(map(is_number, value))
             )
         if not ok:
             raise LowdimError(
