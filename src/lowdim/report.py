@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from .errors import LowdimError
 from .io import atomic_write
 from .rundir import SUMMARY, check_summary, read_json_object
+from .train.metrics import read_records
 
 
 def collect_runs(save_dir: str | Path) -> list[tuple[Path, dict]]:
@@ -31,23 +33,6 @@ TABLE_KEYS = {
 
 def _read_summary(path: Path) -> dict:
     return check_summary(read_json_object(path, "run's summary"), path, TABLE_KEYS)
-
-
-def _read_curve(path: Path) -> list[dict]:
-    """The epoch records of a metrics.jsonl that hold an epoch and a test accuracy (a line
-    torn by a kill, or damaged, ends the curve there)."""
-    records = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            r = json.loads(line)
-        except ValueError:
-            break
-        if not (isinstance(r, dict) and isinstance(r.get("epoch"), (int, float))):
-            break
-        if not isinstance(r.get("test_acc"), (int, float)):
-            break
-        records.append(r)
-    return records
 
 
 def format_table(runs: list[tuple[Path, dict]]) -> str:
@@ -90,7 +75,7 @@ def plot_comparison(runs: list[tuple[Path, dict]], path: str | Path) -> None:
             title="spectrum of the trajectory",
         )
     for i, (p, s) in enumerate(runs):
-        records = _read_curve(p / "metrics.jsonl")
+        records = [json.loads(r) for r in read_records(p / "metrics.jsonl", sys.maxsize)]
         offset = 0 if i == 0 else sgd_epochs
         label = f"{s['method']} (d={s['subspace_dim']})"
         ax_a.plot(
