@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from common import write_result
 
 from lowdim.data import Data, Split
+from lowdim.jobs import SGDConfig, train_sgd
 from lowdim.models import build_model
-from lowdim.sgd import SGDConfig, train_sgd
 
 N_TRAIN, N_TEST, BATCH, LR = 60_000, 10_000, 128, 0.05
 

@@ -23,9 +23,9 @@ import json
 import shutil
 from pathlib import Path
 
-from lowdim.dldr import SubspaceConfig, train_in_subspace
 from lowdim.io import atomic_write_json
-from lowdim.sgd import SGDConfig, train_sgd
+from lowdim.jobs import SGDConfig, train_sgd
+from lowdim.jobs.dldr import SubspaceConfig, train_in_subspace
 
 RUNS = Path("runs/experiments")
 

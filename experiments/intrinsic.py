@@ -22,8 +22,8 @@ import torch
 
 from lowdim.bases import random_basis
 from lowdim.bases.random import per_compartment_basis
-from lowdim.intrinsic import IntrinsicConfig, measure_intrinsic_dim
 from lowdim.io import atomic_write_json
+from lowdim.jobs.intrinsic import IntrinsicConfig, measure_intrinsic_dim
 from lowdim.models import build_model
 from lowdim.params import FlatParams
 

@@ -23,8 +23,8 @@ import json
 from pathlib import Path
 
 from lowdim.io import atomic_write_json
-from lowdim.rbd import RBDConfig, train_rbd
-from lowdim.sgd import SGDConfig, train_sgd
+from lowdim.jobs import SGDConfig, train_sgd
+from lowdim.jobs.random_bases import RBDConfig, train_rbd
 
 RUNS = Path("runs/experiments")
 OUT = Path("experiments/results")

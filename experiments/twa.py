@@ -19,9 +19,9 @@ import argparse
 import json
 from pathlib import Path
 
-from lowdim.dldr import SubspaceConfig, train_in_subspace
 from lowdim.io import atomic_write_json
-from lowdim.sgd import SGDConfig, train_sgd
+from lowdim.jobs import SGDConfig, train_sgd
+from lowdim.jobs.dldr import SubspaceConfig, train_in_subspace
 
 RUNS = Path("runs/experiments")
 # name: (arch, TWA lr, first checkpoint of the window, TWA epochs)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lowdim.cli import main
-from lowdim.rundir import SUMMARY_KEYS
+from lowdim.jobs.rundir import SUMMARY_KEYS
 
 ARGS = "rbd --quiet --dataset digits --arch mlp --dim 50 --lr 10 --batch-size 32 --epochs 3"
 ARGS = ARGS.split()
@@ -65,9 +65,9 @@ def test_bad_input(tmp_path, capsys, args, expect):
 )
 def test_compartment_rules_tile_the_parameters(args, blocks):
     from lowdim.cli import build_parser
+    from lowdim.jobs.random_bases import RBDConfig, rbd_compartments
     from lowdim.models import build_model
     from lowdim.params import FlatParams
-    from lowdim.rbd import RBDConfig, rbd_compartments
 
     ns = build_parser().parse_args([*ARGS, *args, "--save-dir", "x"])
     cfg = RBDConfig(

@@ -10,7 +10,7 @@ import torch
 
 from lowdim.cli import main
 from lowdim.io import load_tensors
-from lowdim.rundir import SUMMARY_KEYS
+from lowdim.jobs.rundir import SUMMARY_KEYS
 from lowdim.trajectory import Trajectory
 
 

@@ -31,9 +31,9 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 import lowdim.bases.pca
 import lowdim.cli
 import lowdim.data.digits
-import lowdim.dldr
 import lowdim.io
-import lowdim.plots
+import lowdim.jobs.dldr
+import lowdim.jobs.plots
 from lowdim.io import load_tensors
 from lowdim.trajectory import Trajectory
 
@@ -206,7 +206,7 @@ def _instrument(events: _Events) -> None:
     wrap("mkdir", lambda path, *a: events.name(path))
     register_optimizer_step_pre_hook(lambda *a: events.hit("step"))
 
-    extract = lowdim.dldr.extract_basis
+    extract = lowdim.jobs.dldr.extract_basis
 
     def extract_basis(*args, **kwargs):
         events.hit("extract begin")
@@ -214,7 +214,7 @@ def _instrument(events: _Events) -> None:
         events.hit("extract end")
         return basis
 
-    lowdim.dldr.extract_basis = extract_basis
+    lowdim.jobs.dldr.extract_basis = extract_basis
     blocks = getattr(lowdim.bases.pca, "_column_blocks", None)
     if blocks is not None:
 
@@ -230,11 +230,11 @@ def _instrument(events: _Events) -> None:
         target = path if path is not None else args[1]
         lowdim.io.atomic_write(target, lambda tmp: Path(tmp).write_bytes(b"plot"))
 
-    lowdim.plots.plot_curves = plot
+    lowdim.jobs.plots.plot_curves = plot
     if _DIGITS is not None:  # read once, by the parent
         lowdim.data.digits._read_digits = lambda: (_DIGITS[0].copy(), _DIGITS[1].copy())
-    lowdim.plots.plot_intrinsic = plot
-    lowdim.dldr.plot_spectrum = plot
+    lowdim.jobs.plots.plot_intrinsic = plot
+    lowdim.jobs.dldr.plot_spectrum = plot
 
 
 def _child(argv: list[str], kill_at, report: Path, root: Path, listing: bool):

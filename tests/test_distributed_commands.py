@@ -13,11 +13,11 @@ import torch.multiprocessing as mp
 from lowdim.bases import load_basis, trajectory_pca
 from lowdim.cli import main
 from lowdim.data import load_dataset
-from lowdim.dldr import read_sgd_run
 from lowdim.io import load_tensors
+from lowdim.jobs.common import model_for
+from lowdim.jobs.dldr import read_sgd_run
 from lowdim.optim import PBFGS
 from lowdim.params import FlatParams
-from lowdim.sgd import model_for
 from lowdim.train import fit
 from lowdim.trajectory import Trajectory
 

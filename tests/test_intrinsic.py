@@ -98,7 +98,7 @@ def test_compressed_point_evaluates_to_the_same_accuracy(tmp_path, capsys):
 
 
 def test_killed_sweep_resumes_without_retraining(tmp_path, monkeypatch):
-    import lowdim.intrinsic as intrinsic_module
+    import lowdim.jobs.intrinsic as intrinsic_module
 
     real, calls = intrinsic_module.train_point, []
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_hostile_inputs import edit_metadata, flip_bytes
 
-import lowdim.rundir
+import lowdim.jobs.rundir
 from lowdim.bases import pca_of_rows
 from lowdim.cli import main
 from lowdim.compress import load_subspace_model
@@ -109,7 +109,7 @@ def test_a_run_from_before_an_option_existed_resumes_with_its_default(runs, tmp_
     # ... but not with another value than the default it stands for
     (root / "sgd/summary.json").unlink()
     with pytest.raises(LowdimError, match="--holdout 0.1 differs"):
-        lowdim.rundir.RunDir(
+        lowdim.jobs.rundir.RunDir(
             root / "sgd",
             {**config, "holdout": 0.1},
             resume=True,
@@ -120,7 +120,7 @@ def test_a_run_from_before_an_option_existed_resumes_with_its_default(runs, tmp_
 def test_an_option_that_changed_meaning_is_refused(runs, tmp_path, monkeypatch, capsys):
     root = copy(runs, tmp_path)
     (root / "sgd/summary.json").unlink()
-    monkeypatch.setitem(lowdim.rundir.CHANGED_MEANING, "lr_gamma", ("99.0", "now per step"))
+    monkeypatch.setitem(lowdim.jobs.rundir.CHANGED_MEANING, "lr_gamma", ("99.0", "now per step"))
     sgd = ["train-sgd", *MLP, "--epochs", "2", "--samples-per-epoch", "2", "--resume"]
     assert main([*sgd, "--save-dir", str(root / "sgd")]) == 2
     err = capsys.readouterr().err
@@ -143,12 +143,12 @@ def test_a_subspace_run_that_failed_before_its_first_checkpoint_resumes(runs, tm
 
 
 def test_an_unexpected_error_is_one_line_with_status_1(monkeypatch, capsys, tmp_path):
-    import lowdim.sgd
+    import lowdim.jobs.sampling
 
     def broken(*args, **kwargs):
         raise TypeError("an unexpected bug\nspanning lines")
 
-    monkeypatch.setattr(lowdim.sgd, "train_sgd", broken)
+    monkeypatch.setattr(lowdim.jobs.sampling, "train_sgd", broken)
     monkeypatch.setattr("lowdim.cli.train_sgd.train_sgd", broken)
     cmd = ["train-sgd", "--quiet", "--save-dir", str(tmp_path / "x")]
     monkeypatch.delenv("LOWDIM_DEBUG", raising=False)

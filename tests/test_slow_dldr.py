@@ -2,8 +2,8 @@
 
 import pytest
 
-from lowdim.dldr import SubspaceConfig, train_in_subspace
-from lowdim.sgd import SGDConfig, train_sgd
+from lowdim.jobs import SGDConfig, train_sgd
+from lowdim.jobs.dldr import SubspaceConfig, train_in_subspace
 
 
 @pytest.mark.slow

@@ -19,13 +19,18 @@ from .bases import (
 )
 from .compress import load_subspace_model, save_subspace_model
 from .data import DATASETS, Data, Split, corrupt_labels, load_dataset
-from .dldr import SubspaceConfig, train_in_subspace
 from .errors import LowdimError
-from .intrinsic import IntrinsicConfig, measure_intrinsic_dim
+from .jobs import (
+    IntrinsicConfig,
+    SGDConfig,
+    SubspaceConfig,
+    measure_intrinsic_dim,
+    train_in_subspace,
+    train_sgd,
+)
 from .models import available_archs, build_model, register_model
 from .optim import PBFGS, PSGD, RBD
 from .params import FlatParams, ParamSpec
-from .sgd import SGDConfig, train_sgd
 from .subspace_model import SubspaceModel
 from .train import build_optimizer, build_schedule, evaluate, fit
 from .trajectory import Trajectory, TrajectoryRecorder

@@ -14,10 +14,10 @@ import warnings
 
 from .. import distributed
 from ..errors import LowdimError
-from . import intrinsic, rbd, report, train_sgd, train_subspace, verify
+from . import intrinsic_dim, report, train_rbd, train_sgd, train_subspace, verify
 from .common import Parser, normalise_option_names
 
-COMMANDS = (train_sgd, train_subspace, report, intrinsic, rbd, verify)
+COMMANDS = (train_sgd, train_subspace, report, intrinsic_dim, train_rbd, verify)
 
 
 def build_parser() -> Parser:
@@ -85,6 +85,6 @@ def _one_line(error: BaseException) -> str:
 
 
 def _version() -> str:
-    from ..rundir import version
+    from ..jobs.rundir import version
 
     return f"lowdim {version()}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..report import collect_runs, format_table, plot_comparison
+from ..jobs.comparison import collect_runs, format_table, plot_comparison
 
 HELP = "compare a train-sgd run with the subspace runs made from it (table and figure)"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from ..sgd import SGDConfig, train_sgd
+from ..jobs.sampling import SGDConfig, train_sgd
 from ..train import OPTIMIZERS, SCHEDULES
 from .common import (
     add_data_options,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from ..dldr import DEFAULTS, SubspaceConfig, train_in_subspace
-from ..train.optim import SCHEDULES
+from ..jobs.dldr import DEFAULTS, SubspaceConfig, train_in_subspace
+from ..train.builders import SCHEDULES
 from .common import add_session_options, finite_float, int_list, print_result
 
 HELP = {

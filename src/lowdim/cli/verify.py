@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import LowdimError
-from ..verify import verify_run
+from ..jobs.integrity import verify_run
 
 HELP = "check every file of a run folder (and the runs inside it) and name what is damaged"
 

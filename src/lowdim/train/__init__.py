@@ -1,8 +1,8 @@
 """One training loop (`fit`), evaluation, optimisers and schedules by name, checkpoints."""
 
+from .builders import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from .loop import FitResult, evaluate, fit, snapshot_steps
-from .optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
 
 __all__ = [
     "FitResult",

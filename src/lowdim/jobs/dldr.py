@@ -27,24 +27,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed
-from .bases import Basis, load_basis, trajectory_pca
-from .bases.sharded import shard_bounds, shard_pca_basis, shard_span_basis
-from .bases.span import layer_deviations, trajectory_span
-from .data import load_dataset
-from .errors import LowdimError, check_finite, check_seed
-from .optim import PBFGS, PSGD, PAdamW
-from .optim.base import check_rates
-from .params import FlatParams
+from .. import distributed
+from ..bases import Basis, load_basis, trajectory_pca
+from ..bases.sharded import shard_bounds, shard_pca_basis, shard_span_basis
+from ..bases.span import layer_deviations, trajectory_span
+from ..data import load_dataset
+from ..errors import LowdimError, check_finite, check_seed
+from ..optim import PBFGS, PSGD, PAdamW
+from ..optim.base import check_rates
+from ..params import FlatParams
+from ..train import build_schedule, evaluate, fit
+from ..train.bn import recompute_batchnorm
+from ..train.builders import SCHEDULES
+from ..train.checkpoint import has_checkpoint
+from ..train.loop import check_checkpoint_every
+from ..trajectory import Trajectory
+from .common import holdout_split, labels_digest, model_for, resolve_device
 from .plots import plot_spectrum
 from .rundir import CONFIG, SUMMARY, RunDir, check_summary, config_from_json, read_json_object
-from .sgd import SGDConfig, check_config, holdout_split, labels_digest, model_for, resolve_device
-from .train import build_schedule, evaluate, fit
-from .train.bn import recompute_batchnorm
-from .train.checkpoint import has_checkpoint
-from .train.loop import check_checkpoint_every
-from .train.optim import SCHEDULES
-from .trajectory import Trajectory
+from .sampling import SGDConfig, check_config
 
 METHODS = ("psgd", "pbfgs", "twa")
 # The papers' settings on CIFAR: P-SGD lr 1, batch 128, 40 epochs, lr x0.1 at 75%;

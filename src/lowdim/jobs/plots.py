@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .io import atomic_write
+from ..io import atomic_write
 
 
 def plot_curves(history: list[dict], path: str | Path, *, title: str = "") -> None:

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
-from .errors import LowdimError, is_int, is_number
-from .io import atomic_write_json
+from .. import distributed
+from ..errors import LowdimError, is_int, is_number
+from ..io import atomic_write_json
 
 CONFIG = "config.json"
 SUMMARY = "summary.json"
@@ -243,7 +243,7 @@ class RunDir:
     ) -> None:
         """The trained weights (model.safetensors, parameters and buffers) and the loss and
         accuracy curves (curves.png): what every run writes before its summary."""
-        from .io import save_tensors
+        from ..io import save_tensors
         from .plots import plot_curves
 
         if not distributed.is_main():

@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bases import load_basis
-from .compress import load_subspace_model
-from .errors import LowdimError
-from .io import first_nonfinite, load_tensors
+from ..bases import load_basis
+from ..compress import load_subspace_model
+from ..errors import LowdimError
+from ..io import first_nonfinite, load_tensors
+from ..train.checkpoint import RECORD, verify_checkpoint
+from ..trajectory import MANIFEST_FILE, Trajectory
 from .rundir import CONFIG, SUMMARY, read_json_object
-from .train.checkpoint import RECORD, verify_checkpoint
-from .trajectory import MANIFEST_FILE, Trajectory
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from ..jobs.random_bases import COMPARTMENT_RULES, SPLITS, RBDConfig, train_rbd
 from ..optim.rbd import DISTRIBUTIONS, MODES, NORMALISATIONS
-from ..rbd import COMPARTMENT_RULES, SPLITS, RBDConfig, train_rbd
 from .common import add_session_options, finite_float, int_list, print_result
 
 HELP = "train with random bases descent: d fresh random directions every step"

@@ -10,16 +10,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import distributed
-from .bases.random import compartments, split_dim
-from .data import load_dataset
-from .errors import LowdimError, check_seed
-from .optim.rbd import DISTRIBUTIONS, RBD
-from .params import FlatParams
+from .. import distributed
+from ..bases.random import compartments, split_dim
+from ..data import load_dataset
+from ..errors import LowdimError, check_seed
+from ..optim.rbd import DISTRIBUTIONS, RBD
+from ..params import FlatParams
+from ..train import fit
+from ..train.loop import check_checkpoint_every
+from .common import model_for, resolve_device
 from .rundir import RunDir
-from .sgd import SGDConfig, model_for, resolve_device
-from .train import fit
-from .train.loop import check_checkpoint_every
+from .sampling import SGDConfig
 
 COMPARTMENT_RULES = ("none", "layer", "param", "chunk")
 SPLITS = ("size", "equal", "each")

@@ -24,21 +24,22 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
-from .bases import random_basis
-from .bases.random import RANDOM_KINDS, per_compartment_basis
-from .compress import save_subspace_model
-from .data import load_dataset
-from .errors import LowdimError, check_finite, check_seed
-from .io import atomic_write_json
-from .optim.base import check_rates
-from .params import FlatParams
+from .. import distributed
+from ..bases import random_basis
+from ..bases.random import RANDOM_KINDS, per_compartment_basis
+from ..compress import save_subspace_model
+from ..data import load_dataset
+from ..errors import LowdimError, check_finite, check_seed
+from ..io import atomic_write_json
+from ..optim.base import check_rates
+from ..params import FlatParams
+from ..seeding import derive_seed
+from ..subspace_model import SubspaceModel
+from ..train import build_optimizer, fit
+from ..train.loop import check_checkpoint_every
+from .common import model_for, resolve_device
 from .rundir import RunDir, check_summary, read_json_object
-from .seeding import derive_seed
-from .sgd import SGDConfig, model_for, resolve_device, train_sgd
-from .subspace_model import SubspaceModel
-from .train import build_optimizer, fit
-from .train.loop import check_checkpoint_every
+from .sampling import SGDConfig, train_sgd
 
 # What a finished point's summary.json holds (checked when a resumed sweep reads it back).
 POINT_KEYS = {"dim": int, "seed": int, "test_acc": float, "wall_seconds": float}

@@ -11,7 +11,7 @@ from ..bases.random import RANDOM_KINDS
 from ..compress import load_subspace_model, read_meta
 from ..data import load_dataset
 from ..errors import LowdimError
-from ..intrinsic import IntrinsicConfig, measure_intrinsic_dim
+from ..jobs.intrinsic import IntrinsicConfig, measure_intrinsic_dim
 from ..train import evaluate
 from .common import add_session_options, finite_float, int_list
 

@@ -6,10 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import LowdimError
-from .io import atomic_write
+from ..errors import LowdimError
+from ..io import atomic_write
+from ..train.metrics import read_records
 from .rundir import SUMMARY, check_summary, read_json_object
-from .train.metrics import read_records
 
 
 def collect_runs(save_dir: str | Path) -> list[tuple[Path, dict]]:
@@ -57,7 +57,7 @@ def plot_comparison(runs: list[tuple[Path, dict]], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .bases import load_basis
+    from ..bases import load_basis
 
     fig, (ax_s, ax_a) = plt.subplots(1, 2, figsize=(10, 3.6))
     sgd_epochs = runs[0][1]["epochs"]

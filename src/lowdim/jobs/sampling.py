@@ -13,22 +13,16 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
-from . import distributed
-from .data import Data, Split, load_dataset
-from .errors import LowdimError, check_finite, check_seed
-from .io import first_nonfinite, load_tensors
-from .models import build_model
-from .params import FlatParams
+from ..data import Data, load_dataset
+from ..errors import LowdimError, check_finite, check_seed
+from ..params import FlatParams
+from ..train import build_optimizer, build_schedule, fit
+from ..train.loop import check_checkpoint_every
+from .common import holdout_split, labels_digest, model_for, resolve_device
 from .rundir import RunDir
-from .seeding import generator
-from .train import build_optimizer, build_schedule, fit
-from .train.loop import check_checkpoint_every
 
 
 @dataclass
@@ -64,21 +58,6 @@ class SGDConfig:
     beta2: float = 0.999
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """The device this process trains on: `name`, or CUDA when available and the CPU
-    otherwise; a clear error for a bad name. Under torchrun it also joins the process group
-    (see `lowdim.distributed.setup`; CUDA processes take cuda:LOCAL_RANK)."""
-    if name is None:
-        return distributed.setup(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise LowdimError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LowdimError(f"--device {name} asked for CUDA, but no CUDA device is available")
-    return distributed.setup(device)
-
-
 def check_config(cfg: SGDConfig) -> None:
     """One-line errors for options out of range (every float must also be finite)."""
     check_finite(
@@ -105,65 +84,6 @@ def check_config(cfg: SGDConfig) -> None:
         raise LowdimError(f"--samples-per-epoch must be >= 1, got {cfg.samples_per_epoch}")
     if not 0.0 <= cfg.holdout < 1.0:
         raise LowdimError(f"--holdout {cfg.holdout} is outside the valid range [0, 1)")
-
-
-def holdout_split(train, fraction: float, seed: int):
-    """(the examples SGD trains on, the held-out ones): a fraction `fraction` of the training
-    split set aside by a permutation drawn from generator("holdout", seed), the same for the
-    train-sgd run and for the subspace runs built on it (TWA-v fits its coefficients on the
-    held-out part). Both are the whole split, and an empty one, when `fraction` is 0."""
-    if fraction == 0:
-        return train, None
-    if not isinstance(train, Split):
-        raise LowdimError("--holdout needs a dataset held in memory (not a streamed one)")
-    order = torch.randperm(len(train), generator=generator("holdout", seed))
-    held = max(1, round(fraction * len(train)))
-    if held >= len(train):
-        raise LowdimError(f"--holdout {fraction} leaves no training examples")
-    keep, out = order[:-held].sort().values, order[-held:].sort().values
-    return (
-        Split(train.x[keep], train.y[keep], train.augment),
-        Split(train.x[out], train.y[out], train.augment),
-    )
-
-
-def model_for(cfg: SGDConfig, data: Data, device: torch.device) -> torch.nn.Module:
-    """The run's model, initialised from `cfg.seed` (or loaded from `cfg.init_from`), on
-    `device`."""
-    options = {"hidden": tuple(cfg.hidden)} if cfg.hidden else {}
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, data.input_shape, data.num_classes, **options)
-    if cfg.init_from:
-        load_weights(model, cfg.init_from)
-    return model.to(device)
-
-
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load a `model.safetensors` (or the one in a run folder) into `model`, strictly."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    if not path.is_file():
-        raise LowdimError(f"--init-from {path}: no such file (give a model.safetensors or a run)")
-    try:
-        state = load_tensors(path)
-    except Exception as e:  # safetensors raises its own error types for bad headers
-        raise LowdimError(f"--init-from {path} is not a safetensors file ({e})") from None
-    if (name := first_nonfinite(state)) is not None:
-        raise LowdimError(
-            f"--init-from {path}: tensor {name!r} holds NaN or inf values (saved from a "
-            "diverged run?); start from other weights"
-        )
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise LowdimError(f"--init-from {path} does not fit --arch: {first}") from None
-
-
-def labels_digest(labels: torch.Tensor) -> str:
-    """sha256 of the training labels, so later stages can check they see the same noisy ones."""
-    return hashlib.sha256(labels.cpu().numpy().tobytes()).hexdigest()
 
 
 def train_sgd(
