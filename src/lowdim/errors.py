@@ -11,18 +11,35 @@ class LowdimError(ValueError):
     """Bad input from the user: a value, a file or a folder that lowdim cannot use."""
 
 
+class BadArgument(LowdimError):
+    """A bad value of a named Python argument: "lr must be positive and finite, got -1".
+
+    The library speaks its Python argument names; the command line, which knows its own flags,
+    prints `as_flag()` instead ("--lr must be positive and finite, got -1").
+    """
+
+    def __init__(self, argument: str, problem: str) -> None:
+        super().__init__(f"{argument} {problem}")
+        self.argument = argument
+        self.problem = problem
+
+    def as_flag(self) -> str:
+        """The message with the argument written as the command line's flag."""
+        return f"--{self.argument.replace('_', '-')} {self.problem}"
+
+
 def check_finite(**options: float | None) -> None:
     """One-line errors for options that are NaN or infinite (None means "the default")."""
     for name, value in options.items():
         if value is not None and not math.isfinite(value):
-            raise LowdimError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+            raise BadArgument(name, f"must be a finite number, got {value}")
 
 
 def check_seed(seed: int, name: str = "seed") -> None:
     """Seeds are integers in [0, 2^63): torch maps a negative seed onto a large positive one,
     so -1 and 2^64 - 1 would silently give the same run."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise LowdimError(f"--{name.replace('_', '-')} must be an integer in [0, 2^63), got {seed}")
+        raise BadArgument(name, f"must be an integer in [0, 2^63), got {seed}")
 
 
 def is_int(value: object, low: int | None = None) -> bool:

@@ -13,7 +13,7 @@ import sys
 import warnings
 
 from .. import distributed
-from ..errors import LowdimError
+from ..errors import BadArgument, LowdimError
 from . import intrinsic_dim, report, train_rbd, train_sgd, train_subspace, verify
 from .common import Parser, normalise_option_names
 
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     except LowdimError as e:
         # Every process makes the same checks: one of them says so.
         if distributed.is_main():
-            print(f"lowdim {args.command}: error: {_one_line(e)}", file=sys.stderr)
+            message = e.as_flag() if isinstance(e, BadArgument) else str(e)
+            print(f"lowdim {args.command}: error: {_one_line(message)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lowdim {args.command}: interrupted; continue with --resume", file=sys.stderr)
