@@ -37,7 +37,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from lowdim.bases.gaussian import GaussianBasis
-from lowdim.compress import load_subspace_model, read_meta, save_subspace_model
+from lowdim.compress import load_subspace_model, read_subspace, save_subspace_model
 from lowdim.data import cifar as cifar_mod
 from lowdim.data.idx import parse_idx, read_idx
 from lowdim.data.safepickle import load_pickle
@@ -809,7 +809,7 @@ def mutated_compressed_tensors(draw, tensors: dict[str, torch.Tensor]) -> dict:
 
 
 def read_compressed(path: Path) -> tuple:
-    meta, tensors = read_meta(path)
+    meta, tensors = read_subspace(path)
     module, meta2 = load_subspace_model(path)
 
     def field(key: str) -> Any:  # decoded by the reader, or still JSON text

@@ -1,20 +1,32 @@
-"""A trained subspace model stored as (architecture, basis seed, anchor seed, c).
+"""Saving and loading a trained `SubspaceModel`, PEFT-style: a few numbers instead of D.
 
-The file is safetensors: the tensors `coords` (d numbers) and `buffer.<name>` (BatchNorm
-statistics, if any), plus `basis.<name>` and `anchor` only when the basis or the anchor cannot
-be regenerated from a seed; the metadata names the architecture, the dataset's shapes, the
-anchor seed, the basis (kind and numbers) and `weights_sha256`, a digest of the network it
-encodes (every parameter and buffer of theta = anchor + P c). `load_subspace_model` rebuilds
-theta from the seeds alone and refuses the file unless the rebuilt network has that digest: a
-changed seed, a damaged number or another device's generator stream cannot pass for the trained
-model. On the same device and library version the rebuilt weights equal the trained ones
-exactly; files of format 1 (no digest) still load, with a warning.
+One safetensors file holds, under prefixed names,
+
+    coords            c, the d trained coordinates
+    basis.<name>      the basis's tensors, only where it keeps them (`store_tensors`); a seeded
+                      basis is otherwise stored as its seed and sizes alone
+    buffer.<name>     the module's buffers (BatchNorm statistics, ...): training changes them
+    anchor, frozen.<name>   theta_0 and the frozen parameters, only with `store_anchor`
+
+and in its metadata (each value JSON) the format, the layout of theta (names and shapes), the
+basis's kind and numbers, `anchor_sha256` (a digest of the anchor and the frozen parameters)
+and `weights_sha256` (a digest of every parameter and buffer of the reconstructed network).
+`save_subspace(directory, ...)` also writes that metadata as `subspace_config.json`, for reading.
+
+Without `store_anchor`, the anchor is not stored: `load_subspace(module, path)` takes it from
+the module the user rebuilt (under the same seed, or from the same pretrained weights) and
+refuses a module whose anchor digest differs, instead of silently training-free garbage. The
+zoo's compressed models (`lowdim compress`, `evaluate`) are the same files plus the zoo's names
+(arch, dataset, shapes, the anchor's seed), so `load_subspace_model(path)` rebuilds the module
+itself. Loading never touches the caller's random state. Files of format 2 (no layout or anchor
+digest) still load; format 1 (no weights digest either) loads with a warning.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,18 +34,208 @@ from torch import nn
 
 from .bases.base import basis_from_state
 from .errors import LowdimError
-from .io import read_tensors, save_tensors, tensors_digest
+from .io import atomic_write_json, read_tensors, save_tensors, tensors_digest
 from .models import build_model
+from .params import trainable_parameters
 from .subspace_model import SubspaceModel
 
-FORMAT = "lowdim-subspace-2"
-UNPINNED_FORMAT = "lowdim-subspace-1"  # before the weights digest
+FORMAT = "lowdim-subspace-3"
+OLDER_FORMATS = ("lowdim-subspace-2", "lowdim-subspace-1")  # no layout / no weights digest
+FILE = "subspace.safetensors"
+CONFIG_FILE = "subspace_config.json"
+# metadata key -> accepted JSON types; the zoo's keys are optional
+REQUIRED = {
+    "basis_kind": (str,),
+    "basis_numbers": (dict,),
+    "anchor_seed": (int, type(None)),
+}
+ZOO = {
+    "arch": (str,),
+    "dataset": (str,),
+    "hidden": (list, type(None)),
+    "input_shape": (list,),
+    "num_classes": (int,),
+    "test_acc": (int, float, type(None)),
+}
+NEWER = {"layout": (list,), "anchor_sha256": (str,), "weights_sha256": (str,)}
+TEXT = {
+    "arch",
+    "dataset",
+    "basis_kind",
+    "anchor_sha256",
+    "weights_sha256",
+}  # stored as is, not JSON
 
 
 def weights_digest(module: nn.Module) -> str:
-    """The digest of every parameter and buffer of `module` (so it pins frozen parameters and
-    BatchNorm statistics too)."""
+    """sha256 of every parameter and buffer of `module` (frozen ones and statistics too)."""
     return tensors_digest(module.state_dict(), "sha256")
+
+
+def _frozen(model: SubspaceModel) -> dict[str, torch.Tensor]:
+    """The wrapped module's parameters outside theta (frozen before wrapping)."""
+    theta = {s.name for s in model.specs}
+    return {n: p.detach() for n, p in model.module.named_parameters() if n not in theta}
+
+
+def anchor_digest(anchor: torch.Tensor, frozen: dict[str, torch.Tensor]) -> str:
+    """sha256 of what the subspace is attached to: theta_0 and the frozen parameters."""
+    return tensors_digest(
+        {"anchor": anchor, **{f"frozen.{k}": v for k, v in frozen.items()}}, "sha256"
+    )
+
+
+def save_subspace(
+    path: str | Path,
+    model: SubspaceModel,
+    *,
+    store_anchor: bool = False,
+    anchor_seed: int | None = None,
+    extra: dict | None = None,
+) -> None:
+    """Write `model` atomically: to `path` if it ends in .safetensors, else into the directory
+    `path` (created) as subspace.safetensors and subspace_config.json.
+
+    store_anchor (default False): also store theta_0 and the frozen parameters (D numbers), for
+    an anchor nobody can rebuild; anchor_seed (default None): the seed the module was built
+    under, recorded so a reader knows how to rebuild it; extra: more JSON metadata (the zoo's
+    arch, dataset, shapes).
+    """
+    module = model.module
+    frozen = _frozen(model)
+    state = model.basis.state_dict()
+    tensors = {"coords": model.coords.detach()}
+    tensors.update({f"basis.{k}": v for k, v in state["tensors"].items()})
+    tensors.update({f"buffer.{k}": v for k, v in module.named_buffers()})
+    if store_anchor:
+        tensors["anchor"] = model.anchor
+        tensors.update({f"frozen.{k}": v for k, v in frozen.items()})
+    meta = {
+        **(extra or {}),
+        "layout": [[s.name, list(s.shape)] for s in model.specs],
+        "basis_kind": state["kind"],
+        "basis_numbers": state["numbers"],
+        "anchor_seed": anchor_seed,
+        "anchor_sha256": anchor_digest(model.anchor, frozen),
+        "weights_sha256": weights_digest(model.export()),
+    }
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path / CONFIG_FILE, {"format": FORMAT, **meta})
+        path = path / FILE
+    encoded = {k: v if k in TEXT else json.dumps(v) for k, v in meta.items()}
+    save_tensors(path, tensors, metadata={"format": FORMAT, **encoded})
+
+
+def read_subspace(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The metadata (decoded, type-checked) and tensors of a saved subspace model (a file, or
+    a directory holding subspace.safetensors)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FILE
+    tensors, raw = read_tensors(path)
+    fmt = raw.get("format")
+    if fmt != FORMAT and fmt not in OLDER_FORMATS:
+        raise LowdimError(f"{path} is not a lowdim subspace model (format {fmt!r})")
+    wanted = dict(REQUIRED)
+    if fmt == FORMAT:
+        wanted |= NEWER
+    elif fmt == OLDER_FORMATS[0]:
+        wanted["weights_sha256"] = (str,)
+    if fmt != FORMAT or "arch" in raw:
+        wanted |= ZOO
+    meta = {"format": fmt}
+    for key, kinds in wanted.items():
+        if key not in raw:
+            raise LowdimError(f"{path}: its metadata lacks {key!r}; the file is damaged")
+        try:
+            value = raw[key] if key in TEXT else json.loads(raw[key])
+        except ValueError:
+            raise LowdimError(f"{path}: metadata {key!r} is not JSON ({raw[key]!r:.40})") from None
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise LowdimError(f"{path}: metadata {key!r} has a wrong type ({value!r:.40})")
+        meta[key] = value
+    if "input_shape" in meta:
+        shape_ok = all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in meta["input_shape"]
+        )
+        if not shape_ok or meta["num_classes"] < 1:
+            raise LowdimError(
+                f"{path}: metadata input_shape / num_classes are not positive integers"
+            )
+    if "coords" not in tensors or tensors["coords"].dim() != 1:
+        raise LowdimError(f"{path} holds no coordinate vector 'coords'; the file is damaged")
+    return meta, tensors
+
+
+def _part(tensors: dict, prefix: str) -> dict:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def load_subspace(
+    module: nn.Module, path: str | Path, *, device: str | torch.device | None = None
+) -> SubspaceModel:
+    """The saved model on `module` (a freshly built copy of the saved network, whose buffers
+    and, with a stored anchor, parameters are overwritten), optionally moved to `device`.
+
+    Refuses (LowdimError) a file made for another layout, a module whose anchor or frozen
+    parameters differ from the saved ones when those were not stored, and a result whose
+    weights digest differs from the saved one.
+    """
+    meta, tensors = read_subspace(path)
+    named = trainable_parameters(module)
+    if "layout" in meta and meta["layout"] != [[n, list(p.shape)] for n, p in named]:
+        raise LowdimError(
+            f"{path} was saved from another architecture (its parameter layout differs)"
+        )
+    try:
+        with torch.random.fork_rng(devices=[]):  # no basis kind may disturb the caller's stream
+            basis = basis_from_state(
+                {
+                    "kind": meta["basis_kind"],
+                    "numbers": meta["basis_numbers"],
+                    "tensors": _part(tensors, "basis."),
+                }
+            )
+        with torch.no_grad():
+            params = dict(module.named_parameters())
+            for name, value in _part(tensors, "frozen.").items():
+                params[name].copy_(value)
+        module.load_state_dict({**module.state_dict(), **_part(tensors, "buffer.")})
+        if device is not None:
+            module = module.to(device)
+        anchor = tensors.get("anchor")
+        sub = SubspaceModel(
+            module, basis.to(device) if device is not None else basis, anchor=anchor
+        )
+        with torch.no_grad():
+            sub.coords.copy_(tensors["coords"])
+    except LowdimError as e:
+        raise LowdimError(f"{path}: {e}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, OverflowError) as e:
+        why = " ".join(str(e).split())[:300]  # torch's messages span lines
+        raise LowdimError(
+            f"{path} does not rebuild a network ({type(e).__name__}: {why})"
+        ) from None
+    if "anchor_sha256" in meta and anchor_digest(sub.anchor, _frozen(sub)) != meta["anchor_sha256"]:
+        raise LowdimError(
+            f"{path}: the module's parameters are not the anchor the model was trained from (the "
+            "anchor digest differs); build it as it was built then (same seed or pretrained "
+            "weights), or save with store_anchor=True"
+        )
+    if meta["format"] == OLDER_FORMATS[1]:
+        warnings.warn(
+            f"{path} predates weight digests; nothing checks that it rebuilds the trained network",
+            stacklevel=2,
+        )
+    elif weights_digest(sub.export()) != meta["weights_sha256"]:
+        raise LowdimError(
+            f"{path} does not rebuild the network it was saved from (its weights digest "
+            "differs): the file was changed or damaged, or its seeds regenerate differently on "
+            "this device or lowdim version (save the basis with store_tensors=True)"
+        )
+    return sub
 
 
 def save_subspace_model(
@@ -48,124 +250,42 @@ def save_subspace_model(
     hidden=None,
     test_acc: float | None = None,
 ) -> None:
-    """Write `model` (a trained SubspaceModel) in the compressed format, atomically.
-
-    `anchor_seed` is the torch seed the anchor was built under by `lowdim.build_model`; pass
-    None to store the anchor tensor itself (D numbers) instead.
-    """
-    state = model.basis.state_dict()
-    tensors = {"coords": model.coords.detach()}
-    tensors.update({f"basis.{k}": v for k, v in state["tensors"].items()})
-    tensors.update({f"buffer.{k}": v for k, v in model.module.named_buffers()})
-    if anchor_seed is None:
-        tensors["anchor"] = model.anchor
-    meta = {
-        "format": FORMAT,
+    """A zoo network's compressed file: `save_subspace` plus the names `load_subspace_model`
+    rebuilds it from. `anchor_seed` is the torch seed `lowdim.build_model` built the anchor
+    under; None stores the anchor itself (D numbers)."""
+    zoo = {
         "arch": arch,
         "dataset": dataset,
-        "hidden": json.dumps(hidden),
-        "input_shape": json.dumps(list(input_shape)),
-        "num_classes": str(num_classes),
-        "anchor_seed": json.dumps(anchor_seed),
-        "basis_kind": state["kind"],
-        "basis_numbers": json.dumps(state["numbers"]),
-        "test_acc": json.dumps(test_acc),
-        "weights_sha256": weights_digest(model.export()),
+        "hidden": list(hidden) if hidden else None,
+        "input_shape": list(input_shape),
+        "num_classes": num_classes,
+        "test_acc": test_acc,
     }
-    save_tensors(path, tensors, metadata=meta)
-
-
-def read_meta(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The metadata (JSON fields decoded and type-checked) and tensors of a compressed file."""
-    tensors, meta = read_tensors(path)
-    if meta.get("format") not in (FORMAT, UNPINNED_FORMAT):
-        raise LowdimError(f"{path} is not a lowdim compressed model (format {meta.get('format')})")
-    out: dict = {"format": meta["format"]}
-    fields = {
-        "arch": (str, False),
-        "dataset": (str, False),
-        "basis_kind": (str, False),
-        "hidden": ((list, type(None)), True),
-        "input_shape": (list, True),
-        "num_classes": (int, True),
-        "anchor_seed": ((int, type(None)), True),
-        "basis_numbers": (dict, True),
-        "test_acc": ((int, float, type(None)), True),
-    }
-    if meta["format"] == FORMAT:
-        fields["weights_sha256"] = (str, False)
-    for key, (kind, is_json) in fields.items():
-        if key not in meta:
-            raise LowdimError(f"{path}: its metadata lacks {key!r}; the file is damaged")
-        try:
-            value = json.loads(meta[key]) if is_json else meta[key]
-        except ValueError:
-            raise LowdimError(f"{path}: metadata {key!r} is not JSON ({meta[key]!r:.40})") from None
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise LowdimError(f"{path}: metadata {key!r} has a wrong type ({value!r:.40})")
-        out[key] = value
-    shapes_ok = all(
-        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in out["input_shape"]
-    )
-    if not shapes_ok or out["num_classes"] < 1:
-        raise LowdimError(f"{path}: metadata input_shape / num_classes are not positive integers")
-    if "coords" not in tensors or tensors["coords"].dim() != 1:
-        raise LowdimError(f"{path} holds no coordinate vector 'coords'; the file is damaged")
-    return out, tensors
+    save_subspace(path, model, store_anchor=anchor_seed is None, anchor_seed=anchor_seed, extra=zoo)
 
 
 def load_subspace_model(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict]:
-    """Rebuild the network from a compressed file: (plain module with theta, metadata).
-
-    Raises `LowdimError` when the file is damaged, or when the rebuilt network does not have
-    the digest stored at saving (a changed seed or number, or a basis regenerated on another
-    device or library version: save those with their tensors)."""
-    meta, tensors = read_meta(path)
-    hidden = meta["hidden"]
-    options = {"hidden": tuple(hidden)} if hidden else {}
-    anchor_seed = meta["anchor_seed"]
+    """Rebuild a zoo network from its compressed file: (plain module with theta, metadata)."""
+    meta, _ = read_subspace(path)
+    if "arch" not in meta:
+        raise LowdimError(
+            f"{path} holds a model outside lowdim's zoo: load it onto your own module with "
+            "SubspaceModel.load(module, path)"
+        )
+    options = {"hidden": tuple(meta["hidden"])} if meta["hidden"] else {}
     try:
-        # the anchor is built under its seed without disturbing the caller's random stream
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(anchor_seed if anchor_seed is not None else 0)
+        with torch.random.fork_rng(devices=[]):  # the anchor's seed, not the caller's stream
+            torch.manual_seed(meta["anchor_seed"] if meta["anchor_seed"] is not None else 0)
             module = build_model(
                 meta["arch"], tuple(meta["input_shape"]), meta["num_classes"], **options
             )
-        basis = basis_from_state(
-            {
-                "kind": meta["basis_kind"],
-                "numbers": meta["basis_numbers"],
-                "tensors": {
-                    k[len("basis.") :]: v for k, v in tensors.items() if k.startswith("basis.")
-                },
-            }
-        )
-        buffers = {k[len("buffer.") :]: v for k, v in tensors.items() if k.startswith("buffer.")}
-        module.load_state_dict({**module.state_dict(), **buffers})
-        module = module.to(device)
-        sub = SubspaceModel(module, basis.to(device), anchor=tensors.get("anchor"))
-        with torch.no_grad():
-            sub.coords.copy_(tensors["coords"])
-        rebuilt = sub.export()
-    except LowdimError as e:
-        raise LowdimError(f"{path}: {e}") from None
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, OverflowError) as e:
-        why = " ".join(str(e).split())[:300]  # torch's messages span lines
-        raise LowdimError(
-            f"{path} does not rebuild a network ({type(e).__name__}: {why})"
-        ) from None
-    if meta["format"] == UNPINNED_FORMAT:
-        print(
-            f"warning: {path} predates weight digests; nothing checks that it rebuilds the "
-            "trained network",
-            file=sys.stderr,
-        )
-    elif weights_digest(rebuilt) != meta["weights_sha256"]:
-        raise LowdimError(
-            f"{path} does not rebuild the network it was saved from (its weights digest "
-            "differs): the file was changed or damaged, or its seeds regenerate differently on "
-            "this device or lowdim version"
-        )
-    return rebuilt, meta
+    except (LowdimError, TypeError, ValueError, RuntimeError) as e:
+        raise LowdimError(f"{path}: {' '.join(str(e).split())[:300]}") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sub = load_subspace(module, path, device=device)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    return sub.export(), meta

@@ -19,6 +19,45 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .errors import LowdimError
+
+
+def trainable_parameters(
+    module: nn.Module, names: Iterable[str] | None = None
+) -> list[tuple[str, nn.Parameter]]:
+    """The parameters that form theta: those of `module` with `requires_grad`, in
+    `named_parameters()` order (a parameter shared by two layers, as in a language model whose
+    output layer is tied to its embedding, once), optionally only those in `names`."""
+    wanted = set(names) if names is not None else None
+    params = [
+        (n, p)
+        for n, p in module.named_parameters()
+        if p.requires_grad and (wanted is None or n in wanted)
+    ]
+    if wanted is not None:
+        missing = wanted - {n for n, _ in params}
+        if missing:
+            raise LowdimError(
+                f"names: no trainable parameters named {sorted(missing)} in the module"
+            )
+    if not params:
+        raise LowdimError("the module has no trainable parameters")
+    return params
+
+
+def param_specs(params: list[tuple[str, nn.Parameter]]) -> list[ParamSpec]:
+    """Where each parameter sits in theta: consecutive, in order."""
+    specs, offset = [], 0
+    for name, p in params:
+        specs.append(ParamSpec(name, tuple(p.shape), offset, p.numel()))
+        offset += p.numel()
+    return specs
+
+
+def layout_of(specs: list[ParamSpec]) -> list[dict]:
+    """Names, shapes and offsets as plain JSON-ready data (for manifests, files and checks)."""
+    return [{"name": s.name, "shape": list(s.shape), "offset": s.offset} for s in specs]
+
 
 @dataclass(frozen=True)
 class ParamSpec:
@@ -45,18 +84,7 @@ class FlatParams:
     """
 
     def __init__(self, module: nn.Module, names: Iterable[str] | None = None) -> None:
-        wanted = set(names) if names is not None else None
-        params: list[tuple[str, nn.Parameter]] = [
-            (n, p)
-            for n, p in module.named_parameters()
-            if p.requires_grad and (wanted is None or n in wanted)
-        ]
-        if wanted is not None:
-            missing = wanted - {n for n, _ in params}
-            if missing:
-                raise ValueError(f"no trainable parameters named {sorted(missing)} in the module")
-        if not params:
-            raise ValueError("the module has no trainable parameters")
+        params = trainable_parameters(module, names)
         first = params[0][1]
         total = sum(p.numel() for _, p in params)
         self.data = torch.empty(total, dtype=first.dtype, device=first.device)
@@ -127,4 +155,4 @@ class FlatParams:
 
     def layout(self) -> list[dict]:
         """The names, shapes and offsets as plain JSON-ready data (for manifests and checks)."""
-        return [{"name": s.name, "shape": list(s.shape), "offset": s.offset} for s in self.specs]
+        return layout_of(self.specs)

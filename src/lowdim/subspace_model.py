@@ -12,14 +12,16 @@ its buffers (BatchNorm running statistics) stay ordinary buffers, updated in pla
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from .bases.base import Basis, expand_differentiable
+from .bases.random import per_compartment_basis, random_basis
 from .errors import LowdimError
-from .params import ParamSpec
+from .params import layout_of, param_specs, trainable_parameters
 
 
 class SubspaceModel(nn.Module):
@@ -39,21 +41,20 @@ class SubspaceModel(nn.Module):
 
     def __init__(self, module: nn.Module, basis: Basis, anchor: Tensor | None = None) -> None:
         super().__init__()
-        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        if not named:
-            raise LowdimError("the module has no trainable parameters to reparametrise")
-        specs, offset = [], 0
-        for name, p in named:
-            specs.append(ParamSpec(name, tuple(p.shape), offset, p.numel()))
-            offset += p.numel()
-        if basis.num_params != offset:
+        named = trainable_parameters(module)
+        self.specs = param_specs(named)
+        num_params = sum(s.numel for s in self.specs)
+        if basis.num_params != num_params:
             raise LowdimError(
-                f"the basis acts on {basis.num_params} parameters but the model has {offset}; "
+                f"basis: it acts on {basis.num_params} parameters but the model has {num_params}; "
                 "was it made for another architecture?"
             )
-        self.specs = specs
         self.module = module
         flat = torch.cat([p.detach().reshape(-1) for _, p in named])
+        if anchor is not None and anchor.shape != flat.shape:
+            raise LowdimError(
+                f"anchor: shape {tuple(anchor.shape)}, the model needs ({num_params},)"
+            )
         self.register_buffer("anchor", flat.clone() if anchor is None else anchor.detach().clone())
         for _, p in named:
             p.requires_grad_(False)
@@ -63,6 +64,66 @@ class SubspaceModel(nn.Module):
         self._ddp_params_and_buffers_to_ignore = ["anchor"]
         self.coords = nn.Parameter(torch.zeros(basis.dim, dtype=flat.dtype, device=flat.device))
         self._theta: Tensor | None = None
+
+    @classmethod
+    def random(
+        cls,
+        module: nn.Module,
+        kind: str = "fastfood",
+        dim: int | list[int] = 100,
+        seed: int = 0,
+        *,
+        compartments: str | None = None,
+        split: str = "proportional",
+        chunk: int | None = None,
+        store_tensors: bool = False,
+    ) -> SubspaceModel:
+        """`module` reparametrised through a random basis made for it (D read from the module).
+
+        kind: "dense", "orthogonal", "sparse" or "fastfood" (default; O(D) memory); dim: d
+        (default 100), or with `compartments` one d per compartment; seed: the basis seed
+        (default 0). compartments: None (default: one global basis), "layer", "param" or
+        "chunk" (of `chunk` parameters): one independent basis per compartment, d split over
+        them by `split` ("proportional" to their sizes, default, or "equal"). The basis is
+        built on the module's device and dtype; `store_tensors` (default False) makes `save`
+        write its tensors too, not only its seed (generator streams differ between devices and
+        library versions).
+        """
+        named = trainable_parameters(module)
+        first = named[0][1]
+        num_params = sum(p.numel() for _, p in named)
+        options = {"device": first.device, "store_tensors": store_tensors}
+        if compartments is None:
+            if not isinstance(dim, int):
+                raise LowdimError(f"dim: one number without compartments, got {dim!r}")
+            basis = random_basis(kind, num_params, dim, seed, **options)
+        else:
+            layout = layout_of(param_specs(named))
+            basis = per_compartment_basis(
+                kind, layout, dim, seed, rule=compartments, split=split, chunk=chunk, **options
+            )
+        # the kinds draw float32; a float64 model gets the same directions in float64
+        return cls(module, basis if first.dtype == torch.float32 else basis.to(dtype=first.dtype))
+
+    def save(self, directory: str | Path, **metadata) -> None:
+        """Write this model PEFT-style into `directory` (see `lowdim.compress.save_subspace`):
+        a JSON config and one safetensors file with c, the basis (seeds, or tensors where it
+        keeps them), the buffers and a digest of the reconstructed weights. `metadata`: the
+        options of `save_subspace` (store_anchor, anchor_seed, extra)."""
+        from .compress import save_subspace
+
+        save_subspace(directory, self, **metadata)
+
+    @classmethod
+    def load(
+        cls, module: nn.Module, directory: str | Path, *, device: str | torch.device | None = None
+    ) -> SubspaceModel:
+        """Restore a saved model onto `module`, a freshly built copy of the network it was
+        saved from (see `lowdim.compress.load_subspace`); the global random state is left
+        alone."""
+        from .compress import load_subspace
+
+        return load_subspace(module, directory, device=device)
 
     @property
     def dim(self) -> int:

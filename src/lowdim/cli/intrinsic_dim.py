@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..bases.random import RANDOM_KINDS
-from ..compress import load_subspace_model, read_meta
+from ..compress import load_subspace_model, read_subspace
 from ..data import load_dataset
 from ..errors import LowdimError
 from ..jobs.intrinsic import IntrinsicConfig, measure_intrinsic_dim
@@ -113,7 +113,7 @@ def run_compress(args: argparse.Namespace) -> None:
     src = Path(args.save_dir) / "points" / f"d{args.dim}-s{args.seed}" / "subspace.safetensors"
     if not src.exists():
         raise LowdimError(f"no trained point d={args.dim}, seed={args.seed} in {args.save_dir}")
-    read_meta(src)
+    read_subspace(src)
     shutil.copyfile(src, args.out)
     full = (Path(args.save_dir) / "baseline" / "model.safetensors").stat().st_size
     size = Path(args.out).stat().st_size

@@ -1,0 +1,114 @@
+"""SubspaceModel.random / save / load on a user's own module: D read from the module, frozen
+parameters and buffers, the anchor pinned by a digest, the caller's random state untouched."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from lowdim import SubspaceModel
+from lowdim.compress import read_subspace
+from lowdim.errors import LowdimError
+from lowdim.io import load_tensors, save_tensors
+
+
+class FrozenAndBuffer(nn.Module):
+    """Not from lowdim's zoo: a frozen input projection, a running-mean buffer, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 12)
+        self.embed.requires_grad_(False)
+        self.head = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 3))
+        self.register_buffer("running", torch.zeros(12))
+
+    def forward(self, x):
+        h = self.embed(x)
+        if self.training:
+            with torch.no_grad():
+                self.running.mul_(0.9).add_(h.mean(0), alpha=0.1)
+        return self.head(h - self.running)
+
+
+def build(seed: int) -> FrozenAndBuffer:
+    torch.manual_seed(seed)
+    return FrozenAndBuffer()
+
+
+def trained(kind="fastfood", seed=0, **options) -> SubspaceModel:
+    model = SubspaceModel.random(build(seed), kind, 20, seed=3, **options)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 6, generator=g), torch.randint(0, 3, (64,), generator=g)
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+X = torch.randn(9, 6, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.mark.parametrize("kind", ["dense", "orthogonal", "sparse", "fastfood"])
+def test_reloads_onto_a_fresh_module_exactly_without_touching_the_random_state(tmp_path, kind):
+    model = trained(kind)
+    assert model.num_params == 12 * 16 + 16 + 16 * 3 + 3  # the frozen embedding is not in theta
+    assert model.module.running.abs().sum() > 0  # training moved the buffer
+    model.save(tmp_path / "saved")
+    fresh = build(0)
+    state = torch.get_rng_state()
+    loaded = SubspaceModel.load(fresh, tmp_path / "saved").eval()
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(loaded(X), model(X))
+    assert torch.equal(loaded.module.running, model.module.running)
+    config = json.loads((tmp_path / "saved/subspace_config.json").read_text())
+    assert config["layout"][0] == ["head.0.weight", [16, 12]]
+    assert config["basis_numbers"]["seed"] == 3
+
+
+def test_a_module_built_differently_is_refused_unless_the_anchor_was_stored(tmp_path):
+    model = trained()
+    model.save(tmp_path / "seeds")
+    with pytest.raises(LowdimError, match="anchor digest differs"):
+        SubspaceModel.load(build(1), tmp_path / "seeds")
+    model.save(tmp_path / "stored", store_anchor=True)
+    loaded = SubspaceModel.load(build(1), tmp_path / "stored").eval()
+    assert torch.equal(loaded(X), model(X))  # the frozen embedding came from the file
+    assert torch.equal(loaded.module.embed.weight, model.module.embed.weight)
+
+
+def test_a_file_for_another_layout_or_with_changed_numbers_is_refused(tmp_path):
+    model = trained()
+    model.save(tmp_path / "saved")
+    other = nn.Sequential(nn.Linear(6, 3))
+    with pytest.raises(LowdimError, match="another architecture"):
+        SubspaceModel.load(other, tmp_path / "saved")
+    path = tmp_path / "saved/subspace.safetensors"
+    meta, tensors = read_subspace(path)
+    raw = load_tensors(path)
+    raw["coords"] = raw["coords"] + 1e-3
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    save_tensors(path, raw, metadata=metadata)
+    with pytest.raises(LowdimError, match="weights digest"):
+        SubspaceModel.load(build(0), tmp_path / "saved")
+
+
+def test_per_layer_bases_and_stored_tensors_need_only_the_module(tmp_path):
+    model = trained("dense", compartments="layer", store_tensors=True)
+    assert model.dim == 20 and len(model.basis.blocks) == 2  # one basis per layer of theta
+    model.save(tmp_path / "m.safetensors")
+    _, tensors = read_subspace(tmp_path / "m.safetensors")
+    assert any(k.startswith("basis.") for k in tensors)  # the tensors, not only the seed
+    loaded = SubspaceModel.load(build(0), tmp_path / "m.safetensors").eval()
+    assert torch.equal(loaded(X), model(X))
+
+
+def test_a_float64_module_gets_a_float64_basis():
+    model = SubspaceModel.random(build(0).double(), "fastfood", 8)
+    assert model.coords.dtype == torch.float64
+    assert model(X.double()).dtype == torch.float64
