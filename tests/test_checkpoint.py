@@ -440,7 +440,7 @@ def test_a_mid_epoch_checkpoint_that_does_not_fit_the_epoch_is_refused(tmp_path)
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True])
 def test_bad_checkpoint_every(tmp_path, bad):
-    with pytest.raises(LowdimError, match="--checkpoint-every"):
+    with pytest.raises(LowdimError, match="^checkpoint_every must be"):
         toy_fit(tmp_path, checkpoint_every=bad)
 
 

@@ -262,7 +262,7 @@ def test_a_killed_pbfgs_run_resumes_to_the_same_result(sgd_run, tmp_path, monkey
     ]
     assert main([*args, "--name", "whole"]) == 0
 
-    import lowdim.train.loop as loop
+    import lowdim.train.run_state as loop
 
     real_save, calls = loop.save_checkpoint, []
 

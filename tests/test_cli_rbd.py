@@ -19,7 +19,7 @@ def test_rbd_writes_a_summary_and_resumes_after_a_kill(tmp_path, monkeypatch):
     lines = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
     assert all(0 < json.loads(line)["step_cosine"] < 1 for line in lines)
 
-    import lowdim.train.loop as loop
+    import lowdim.train.run_state as loop
 
     real = loop.save_checkpoint
 
@@ -44,7 +44,7 @@ def test_rbd_writes_a_summary_and_resumes_after_a_kill(tmp_path, monkeypatch):
         (["--compartments", "neurons"], "unknown --compartments 'neurons'"),
         (["--compartments", "chunk"], "--compartments chunk needs --chunk-size >= 1"),
         (["--split", "random"], "unknown --split 'random'"),
-        (["--mode", "gossip"], "unknown mode 'gossip'"),
+        (["--mode", "gossip"], "--mode must be one of independent, shared, got 'gossip'"),
     ],
 )
 def test_bad_input(tmp_path, capsys, args, expect):
@@ -74,7 +74,7 @@ def test_compartment_rules_tile_the_parameters(args, blocks):
         dim=ns.dim, compartments=ns.compartments, chunk_size=ns.chunk_size, split=ns.split
     )
     flat = FlatParams(build_model("mlp", (1, 8, 8), 10))
-    got = rbd_compartments(cfg, flat)
+    got = [(c.offset, c.length, c.dim) for c in rbd_compartments(cfg, flat)]
     assert sum(n for _, n, _ in got) == flat.numel
     assert all(o == sum(n for _, n, _ in got[:i]) for i, (o, _, _) in enumerate(got))
     if blocks is not None:

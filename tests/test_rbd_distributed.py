@@ -147,7 +147,7 @@ def children(pid: int) -> list[int]:
 # checkpoint file could see a loaded test process wake up after the whole job had ended.
 PAUSED_LOWDIM = """
 import os, sys, time
-import lowdim.train.loop as loop
+import lowdim.train.run_state as loop
 from lowdim.cli import main
 
 real = loop.format_epoch

@@ -95,9 +95,9 @@ def test_bad_loop_options():
     model = nn.Linear(16, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     train, test = toy_splits()
-    with pytest.raises(LowdimError, match="--batch-size"):
+    with pytest.raises(LowdimError, match="^batch_size must be >= 1"):
         fit(model, opt, train, test, epochs=1, batch_size=0, progress=False)
-    with pytest.raises(LowdimError, match="--lr-milestones"):
+    with pytest.raises(LowdimError, match="^lr_milestones 7 must lie strictly between 0 and"):
         build_schedule("multistep", opt, epochs=5, milestones=[7])
     with pytest.raises(LowdimError, match="unknown optimizer"):
         build_optimizer("lion", model.parameters(), lr=0.1)

@@ -75,16 +75,19 @@ def shard_slices(
 
 
 class Split:
-    """One split of a dataset held as tensors: `x` float32 (N, C, H, W), `y` int64 (N,).
+    """One split of a dataset held as tensors: inputs `x` (N, ...) and targets `y` (N, ...).
 
-    `augment` (default None) is applied batch by batch to shuffled passes; see `batches`.
+    Images are x float32 (N, C, H, W) with y int64 (N,); token sequences are x int64 (N, L)
+    with y (N, L) (the next tokens) or (N,) (a label per sequence); any shapes whose first
+    dimension is the example. `augment` (default None: none) is applied batch by batch to
+    shuffled passes; see `batches`.
     """
 
     def __init__(self, x: Tensor, y: Tensor, augment: Augment | None = None) -> None:
-        if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
+        if x.dim() < 1 or y.dim() < 1 or len(x) != len(y):
             raise LowdimError(
-                f"a split needs x of shape (N, C, H, W) and y of shape (N,), got "
-                f"{tuple(x.shape)} and {tuple(y.shape)}"
+                f"a split needs x and y with the examples along their first dimension, got "
+                f"shapes {tuple(x.shape)} and {tuple(y.shape)}"
             )
         self.x = x
         self.y = y

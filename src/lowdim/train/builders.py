@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, MultiStepLR
 
-from ..errors import LowdimError
+from ..errors import BadArgument, LowdimError
 from ..optim.base import check_rates
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -31,7 +31,7 @@ def build_optimizer(
     check_rates(lr, weight_decay)
     if name == "sgd":
         if not 0 <= momentum < 1:
-            raise LowdimError(f"--momentum must be in [0, 1), got {momentum}")
+            raise BadArgument("momentum", f"must be in [0, 1), got {momentum}")
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
@@ -59,9 +59,10 @@ def build_schedule(
     """
     bad = [m for m in milestones if not 0 < m < epochs]
     if bad:
-        raise LowdimError(
-            f"--lr-milestones {','.join(map(str, bad))} must lie strictly between 0 and "
-            f"--epochs {epochs}"
+        raise BadArgument(
+            "lr_milestones",
+            f"{','.join(map(str, bad))} must lie strictly between 0 and the number of epochs, "
+            f"{epochs}",
         )
     if name == "multistep":
         return MultiStepLR(optimizer, milestones=sorted(milestones), gamma=gamma)

@@ -3,14 +3,13 @@ checkpoints and resume.
 
 Every method trains through `fit`: plain SGD here, and the subspace optimisers, which are torch
 optimisers too. The step always goes through `optimizer.step(closure)`, so optimisers that
-re-evaluate the loss (a line search) and ones that do not share the same loop.
+re-evaluate the loss (a line search) and ones that do not share the same loop. The data side
+lives in `batches`, the bookkeeping (resume, snapshots, metrics, checkpoints) in `run_state`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -18,26 +17,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import distributed
-from ..errors import LowdimError
+from ..errors import BadArgument, LowdimError
 from ..params import FlatParams
-from ..trajectory import TrajectoryRecorder
-from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from .metrics import MetricsLog, format_epoch, progress_bar, read_records
+from .batches import Batches, count, cross_entropy, forward_loss
+from .metrics import progress_bar
+from .run_state import TrainingRun, snapshot_steps
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+__all__ = ["FitResult", "evaluate", "fit", "snapshot_steps"]
 
 
 @dataclass
 class FitResult:
-    """What `fit` returns: the last epoch's metrics and the whole history."""
+    """What `fit` returns: the last epoch's metrics and the whole history (accuracies are None
+    where the targets are not classes)."""
 
-    test_acc: float
+    test_acc: float | None
     test_loss: float
-    train_acc: float
+    train_acc: float | None
     train_loss: float
     epochs: int
     wall_seconds: float
@@ -52,50 +52,59 @@ class FitResult:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
-    split,
-    *,
-    batch_size: int = 1000,
-    device=None,
-    loss_fn: LossFn = F.cross_entropy,
-) -> tuple[float, float]:
-    """(mean loss, accuracy) of `model` over `split`, in eval mode; restores the previous mode.
-
-    Under several processes, each evaluates its share of `split` and the sums are combined.
-    """
+    model: nn.Module, data, *, batch_size: int = 1000, device=None, loss_fn: LossFn = cross_entropy
+) -> tuple[float, float | None]:
+    """(mean loss, accuracy or None) of `model` over `data` (a split or an iterable of
+    batches), in eval mode; restores the previous mode. Under several processes, each
+    evaluates its share of a lowdim split and the sums are combined."""
     was_training = model.training
     model.eval()
-    # loss sum, hits, count: summed across processes in one call
-    totals = torch.zeros(3, dtype=torch.float64, device=device)
-    shard = (distributed.rank(), distributed.world_size())
-    for x, y in split.batches(batch_size, device=device, shard=shard):
-        if len(y) == 0:
-            continue
-        out = model(x)
-        totals[0] += loss_fn(out, y).double() * len(y)
-        totals[1] += (out.argmax(1) == y).sum()
-        totals[2] += len(y)
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, hits, scored, count
+    batches = Batches(data, batch_size).epoch(
+        seed=0,
+        epoch=0,
+        device=device,
+        shuffle=False,
+        shard=(distributed.rank(), distributed.world_size()),
+    )
+    for batch in batches:
+        n = count(batch)
+        if n:
+            loss, hits = forward_loss(model, batch, loss_fn)
+            totals[0] += loss.double() * n
+            if hits is not None:
+                totals[1:3] += torch.stack([hits, torch.tensor(n, device=hits.device)]).to(totals)
+            totals[3] += n
     model.train(was_training)
-    loss, hits, n = distributed.all_reduce_sum(totals).tolist()
-    return loss / max(n, 1), hits / max(n, 1)
+    loss, hits, scored, n = distributed.all_reduce_sum(totals).tolist()
+    return loss / max(n, 1), (hits / scored if scored else None)
+
+
+def check_options(
+    epochs: int,
+    batch_size: int | None,
+    accumulate: int,
+    samples_per_epoch: int,
+    checkpoint_every: int,
+) -> None:
+    """BadArgument for `fit`'s counts out of range; the jobs call it before writing anything."""
+    for name, value, low in (
+        ("epochs", epochs, 0),
+        ("batch_size", 1 if batch_size is None else batch_size, 1),
+        ("accumulate", accumulate, 1),
+        ("samples_per_epoch", samples_per_epoch, 1),
+        ("checkpoint_every", checkpoint_every, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadArgument(name, f"must be an integer, got {value!r}")
+        if value < low:
+            raise BadArgument(name, f"must be >= {low}, got {value}")
 
 
 def check_checkpoint_every(value: int) -> None:
-    """LowdimError unless `value` (fit's `checkpoint_every`) is an integer >= 0; the jobs call
-    it before they write anything."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise LowdimError(f"--checkpoint-every must be an integer, got {value!r}")
-    if value < 0:
-        raise LowdimError(
-            f"--checkpoint-every must be >= 0 (0: only at the end of each epoch), got {value}"
-        )
-
-
-def snapshot_steps(num_batches: int, samples_per_epoch: int) -> set[int]:
-    """The steps within an epoch (1-based) after which a snapshot is taken: K evenly spaced ones,
-    the last at the end of the epoch."""
-    k = min(samples_per_epoch, num_batches)
-    return {round((i + 1) * num_batches / k) for i in range(k)}
+    """BadArgument unless `value` (fit's `checkpoint_every`) is an integer >= 0 (0: only at
+    the end of each epoch)."""
+    check_options(0, None, 1, 1, value)
 
 
 def fit(
@@ -105,7 +114,7 @@ def fit(
     test,
     *,
     epochs: int,
-    batch_size: int,
+    batch_size: int | None = None,
     seed: int = 0,
     scheduler=None,
     device: str | torch.device | None = None,
@@ -115,7 +124,7 @@ def fit(
     trajectory_dir: str | Path | None = None,
     samples_per_epoch: int = 1,
     accumulate: int = 1,
-    loss_fn: LossFn = F.cross_entropy,
+    loss_fn: LossFn = cross_entropy,
     regularizer: Callable[[], Tensor] | None = None,
     progress: bool = True,
     tensorboard: bool = False,
@@ -126,14 +135,18 @@ def fit(
     average_gradients: bool = True,
     checkpoint_every: int = 0,
 ) -> FitResult:
-    """Train `model` for `epochs` epochs of `train` (a `lowdim.data.Split`), evaluating on `test`.
+    """Train `model` for `epochs` epochs of `train`, evaluating on `test` (each a lowdim split
+    or any iterable of batches, see `lowdim.train.batches`: images, token sequences, dicts).
 
     Each step calls `optimizer.step(closure)`, where the closure zeroes the gradients in place,
     runs forward and backward on the minibatch and returns the loss; `closure(backward=False)`
     only evaluates the loss (for line searches). With `accumulate=k`, a minibatch is k
     consecutive batches of `batch_size`, their gradients accumulated (less memory, same step).
-    The scheduler, if any, is stepped once per epoch. Minibatch order is a pure function of
-    (`seed`, epoch).
+    The scheduler, if any, is stepped once per epoch. A lowdim split is batched by `batch_size`
+    (needed then; other iterables bring their own batches) in an order that is a pure function
+    of (`seed`, epoch). `loss_fn(output, targets)` (default: cross-entropy over the output's
+    last dimension, so labels and next-token targets alike) gives a batch's mean loss; for dict
+    batches, `loss_fn(output, batch)`. Accuracy is reported where targets are integer classes.
 
     With `run_dir`, writes `metrics.jsonl` (one record per epoch) and a checkpoint at the end of
     every epoch (`run_dir/checkpoint/`), and with `checkpoint_every=N` (default 0: none) also
@@ -161,233 +174,180 @@ def fit(
     weights stay identical on every process; BatchNorm statistics, which each process gathers
     from its own slices, are replaced by rank 0's at the end of every epoch.
     """
-    if epochs < 0:
-        raise LowdimError(f"--epochs must be >= 0, got {epochs}")
-    if batch_size <= 0:
-        raise LowdimError(f"--batch-size must be positive, got {batch_size}")
-    if accumulate < 1:
-        raise LowdimError(f"--accumulate must be >= 1, got {accumulate}")
-    if samples_per_epoch < 1:
-        raise LowdimError(f"--samples-per-epoch must be >= 1, got {samples_per_epoch}")
-    check_checkpoint_every(checkpoint_every)
-    if trajectory_dir is not None and flat is None:
-        raise ValueError("recording a trajectory needs the model's FlatParams (flat=...)")
-    rank, world = distributed.rank(), distributed.world_size()
-    if rank == 0 and batch_size * world > len(train):
-        # valid (full-batch gradient descent), but rarely what was meant: say so once
-        warnings.warn(
-            f"--batch-size {batch_size} x {world} process(es) exceeds the {len(train)} training "
-            "examples: every step uses the whole training set",
-            stacklevel=2,
-        )
-    main = rank == 0
-    progress = progress and main
-    if log is None or not main:
-        log = _stderr if progress else (lambda _: None)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    ckpt_dir = run_dir / "checkpoint" if run_dir is not None else None
-
-    done = {"epoch": 0, "step": 0, "snapshots": 0, "wall_seconds": 0.0}
-    if resume and ckpt_dir is not None and has_checkpoint(ckpt_dir):
-        done = load_checkpoint(ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler)
-    distributed.same_on_all(done["step"], "the step to resume from")
-    num_steps = -(-train.num_batches(batch_size * world, drop_last) // accumulate)
-    inside = done.get("epoch_step", 0)  # steps already done in epoch done["epoch"] + 1
-    if inside and done.get("world", 1) != world:
-        raise LowdimError(
-            f"the checkpoint in {ckpt_dir} was taken inside an epoch by {done.get('world', 1)} "
-            f"process(es); resume it with as many, not {world}"
-        )
-    if inside and inside >= num_steps:
-        raise LowdimError(
-            f"the checkpoint in {ckpt_dir} was taken after step {inside} of epoch "
-            f"{done['epoch'] + 1}, which has {num_steps} steps here; resume with the same data "
-            "and batch options"
-        )
-    recorder = None
-    if trajectory_dir is not None and main:
-        recorder = TrajectoryRecorder(
-            trajectory_dir, flat.layout(), resume=resume, keep=done["snapshots"]
-        )
-        if len(recorder) == 0:
-            recorder.append(flat.data, epoch=0, step=0)
-    metrics = None
-    if run_dir is not None and main:
-        metrics = MetricsLog(
-            run_dir / "metrics.jsonl",
-            resume=resume,
-            keep_epochs=done["epoch"],
-            tensorboard_dir=run_dir / "tensorboard" if tensorboard else None,
-        )
-    history = list(metrics.records) if metrics else []
-    if run_dir is not None and resume and not main:  # the same history as rank 0, read only
-        history = [json.loads(r) for r in read_records(run_dir / "metrics.jsonl", done["epoch"])]
-
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def grads() -> list[Tensor]:
-        if flat is not None:
-            return [flat.grad]
-        return [p.grad for p in params if p.grad is not None]
-
-    started = time.perf_counter()
-    step = done["step"]
-    marks = snapshot_steps(num_steps, samples_per_epoch)
-
-    def progress_record(epoch: int, i: int, **running) -> dict:
-        """The checkpoint's `progress`: after epoch `epoch`, and `i` steps into the next."""
-        return {
-            "epoch": epoch,
-            "step": step,
-            "snapshots": len(recorder) if recorder is not None else 0,
-            "wall_seconds": done["wall_seconds"] + time.perf_counter() - started,
-            "epoch_step": i,
-            **running,
-        }
-
+    check_options(epochs, batch_size, accumulate, samples_per_epoch, checkpoint_every)
+    data = Batches(train, batch_size, drop_last)
+    run = TrainingRun(
+        model,
+        optimizer,
+        scheduler,
+        run_dir=run_dir,
+        resume=resume,
+        flat=flat,
+        trajectory_dir=trajectory_dir,
+        tensorboard=tensorboard,
+        log=log,
+        progress=progress,
+    )
+    world, shard = run.world, (run.rank, run.world)
+    _warn_full_batch(data, world)
+    batches = data.count(world)
+    num_steps = None if batches is None else -(-batches // accumulate)
+    inside = run.inside(num_steps)
+    marks = snapshot_steps(num_steps, samples_per_epoch) if num_steps else set()
+    steps = _Steps(model, optimizer, loss_fn, regularizer, world, average_gradients, flat)
     model.train()
-    for epoch in range(done["epoch"] + 1, epochs + 1):
-        # loss sum, hits, examples: summed across processes at the end of the epoch
-        totals = torch.zeros(3, dtype=torch.float64, device=device)
-        skip = 0  # steps of this epoch done before a mid-epoch checkpoint
-        if epoch == done["epoch"] + 1 and inside:
-            skip = inside
-            totals = torch.tensor(done["totals"][rank], dtype=torch.float64, device=device)
-        epoch_start = time.perf_counter() - (done.get("epoch_seconds", 0.0) if skip else 0.0)
-        # the rate this epoch trains with
-        epoch_lr = done["epoch_lr"] if skip else optimizer.param_groups[0]["lr"]
-        bar = progress_bar(num_steps, f"epoch {epoch}/{epochs}", progress)
+    for epoch in range(run.done["epoch"] + 1, epochs + 1):
+        skip = inside if epoch == run.done["epoch"] + 1 else 0  # steps done before a checkpoint
+        steps.begin(run.done["totals"][run.rank] if skip else [0.0] * 3, device)
+        started = time.perf_counter() - (run.done.get("epoch_seconds", 0.0) if skip else 0.0)
+        lr = run.done["epoch_lr"] if skip else optimizer.param_groups[0]["lr"]  # the epoch's rate
+        bar = progress_bar(num_steps, f"epoch {epoch}/{epochs}", run.progress)
         bar.update(skip)
-        batches = train.batches(
-            batch_size,
-            shuffle=True,
-            seed=seed,
-            epoch=epoch,
-            device=device,
-            drop_last=drop_last,
-            start_batch=skip * accumulate,
-            shard=(rank, world),
+        stream = data.epoch(
+            seed=seed, epoch=epoch, device=device, start_batch=skip * accumulate, shard=shard
         )
-        for i, micro in enumerate(_groups(batches, accumulate), start=skip + 1):
-            n = sum(len(y) for _, y in micro)
-            first: list[tuple[Tensor, Tensor]] = []
-
-            def closure(backward: bool = True, micro=micro, n=n, first=first) -> Tensor:
-                """The minibatch loss (mean over its n examples), with its gradient in the
-                parameters' .grad when `backward`; micro-batches accumulate."""
-                if backward:
-                    optimizer.zero_grad(set_to_none=False)
-                total = torch.zeros((), device=device)
-                stash = not first
-                for x, y in micro:
-                    if len(y) == 0:  # this process's empty share of a short last batch
-                        continue
-                    with torch.set_grad_enabled(backward):
-                        out = model(x)
-                        data_loss = loss_fn(out, y) * (len(y) / n)
-                        loss = data_loss
-                        if regularizer is not None:
-                            loss = loss + regularizer() * (len(y) / n)
-                    if backward:
-                        loss.backward()
-                    total += loss.detach()
-                    if stash:  # the pre-step data loss and hits, for the running metrics
-                        first.append((data_loss.detach() * n, (out.detach().argmax(1) == y).sum()))
-                if world > 1:
-                    parts = [total, *grads()] if backward else [total]
-                    distributed.weighted_mean_(parts, n, reduce=average_gradients)
-                return total
-
-            optimizer.step(closure)
-            for loss_part, hits in first:
-                totals[0] += loss_part.double()
-                totals[1] += hits
-            totals[2] += n
-            step += 1
-            if recorder is not None and i in marks:
-                recorder.append(flat.data, epoch=epoch - 1 + i / num_steps, step=step)
-            if ckpt_dir is not None and checkpoint_every and i % checkpoint_every == 0:
-                if i < num_steps:  # the epoch's last step is followed by its own checkpoint
-                    # Every process's running sums, exactly (a sum with zeros changes nothing).
-                    rows = torch.zeros(world, 3, dtype=torch.float64, device=device)
-                    rows[rank] = totals
-                    rows = distributed.all_reduce_sum(rows).tolist()
-                    if main:
-                        save_checkpoint(
-                            ckpt_dir,
-                            model=model,
-                            optimizer=optimizer,
-                            scheduler=scheduler,
-                            progress=progress_record(
-                                epoch - 1,
-                                i,
-                                epoch_lr=epoch_lr,
-                                epoch_seconds=time.perf_counter() - epoch_start,
-                                totals=rows,
-                                world=world,
-                            ),
-                        )
+        for i, micro in enumerate(_groups(stream, accumulate), start=skip + 1):
+            steps.take(micro)
+            run.step += 1
+            if i in marks:
+                run.snapshot(epoch - 1 + i / num_steps)
+            if checkpoint_every and i % checkpoint_every == 0 and i != num_steps:
+                seconds = time.perf_counter() - started
+                run.checkpoint(
+                    epoch - 1, i, epoch_lr=lr, epoch_seconds=seconds, totals=steps.totals
+                )
             bar.update(1)
         bar.close()
+        if num_steps is None:  # an iterable without a length: one snapshot at its end
+            run.snapshot(float(epoch))
         if scheduler is not None:
             scheduler.step()
         distributed.broadcast_buffers(model)
-        loss_sum, hits, seen = distributed.all_reduce_sum(totals).tolist()
-        train_loss = loss_sum / max(seen, 1)
-        if not math.isfinite(train_loss):
-            raise LowdimError(
-                f"training diverged in epoch {epoch} (train loss {train_loss}); lower --lr"
-            )
+        record = _train_metrics(
+            epoch, run.step, distributed.all_reduce_sum(steps.totals).tolist(), steps.scored
+        )
         test_loss, test_acc = evaluate(
             model, test, batch_size=eval_batch_size, device=device, loss_fn=loss_fn
         )
-        record = {
-            "epoch": epoch,
-            "step": step,
-            "train_loss": train_loss,
-            "train_acc": hits / max(seen, 1),
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "lr": epoch_lr,
-            "epoch_seconds": time.perf_counter() - epoch_start,
-        }
-        if extra_metrics is not None:
-            record.update(extra_metrics())
-        history.append(record)
-        log(format_epoch(record, epochs))
-        if metrics is not None:
-            metrics.log(record)
-        if ckpt_dir is not None and main:
-            save_checkpoint(
-                ckpt_dir,
-                model=model,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                progress=progress_record(epoch, 0),
-            )
-    if metrics is not None:
-        metrics.close()
+        seconds = time.perf_counter() - started
+        record.update(test_loss=test_loss, test_acc=test_acc, lr=lr, epoch_seconds=seconds)
+        record.update(extra_metrics() if extra_metrics is not None else {})
+        run.end_epoch(record, epochs)
+    run.close()
+    return _result(run, model, train, test, epochs, eval_batch_size, device, loss_fn)
 
-    if history:
-        last = history[-1]
-        test_loss, test_acc = last["test_loss"], last["test_acc"]
-        train_loss, train_acc = last["train_loss"], last["train_acc"]
-    else:  # zero epochs: report the starting point
-        test_loss, test_acc = evaluate(
-            model, test, batch_size=eval_batch_size, device=device, loss_fn=loss_fn
+
+class _Steps:
+    """One optimiser step per minibatch, and the epoch's running sums (`totals`: loss, hits,
+    targets; `scored`: False once a batch had no accuracy)."""
+
+    def __init__(self, model, optimizer, loss_fn, regularizer, world, average_gradients, flat):
+        self.model, self.optimizer, self.loss_fn, self.regularizer = (
+            model,
+            optimizer,
+            loss_fn,
+            regularizer,
         )
-        train_loss, train_acc = evaluate(
-            model, train, batch_size=eval_batch_size, device=device, loss_fn=loss_fn
+        self.world, self.average_gradients, self.flat = world, average_gradients, flat
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.totals: Tensor = torch.zeros(3, dtype=torch.float64)
+        self.scored = True
+
+    def begin(self, sums: list[float], device) -> None:
+        """Start an epoch's running sums (a mid-epoch checkpoint's, or zeros)."""
+        self.totals = torch.tensor(sums, dtype=torch.float64, device=device)
+        self.scored = True
+
+    def grads(self) -> list[Tensor]:
+        """What data parallelism averages: the flat gradient (one D-vector) or each tensor's."""
+        if self.flat is not None:
+            return [self.flat.grad]
+        return [p.grad for p in self.params if p.grad is not None]
+
+    def take(self, micro: list) -> None:
+        """`optimizer.step(closure)` on the minibatch `micro` (its micro-batches), where the
+        closure returns the mean loss over its n targets with the gradient in the parameters'
+        .grad when `backward` (micro-batches accumulate; several processes combine as `fit`
+        describes); the first call's data losses and hits feed the running sums."""
+        n = sum(count(b) for b in micro)
+        first: list[tuple[Tensor, Tensor | None]] = []
+
+        def closure(backward: bool = True) -> Tensor:
+            if backward:
+                self.optimizer.zero_grad(set_to_none=False)
+            total = None
+            stash = not first
+            for batch in micro:
+                share = count(batch) / n
+                if not share:  # this process's empty share of a short last batch
+                    continue
+                with torch.set_grad_enabled(backward):
+                    data_loss, hits = forward_loss(self.model, batch, self.loss_fn)
+                    data_loss = data_loss * share
+                    reg = self.regularizer
+                    loss = data_loss + reg() * share if reg is not None else data_loss
+                if backward:
+                    loss.backward()
+                total = loss.detach() if total is None else total + loss.detach()
+                if stash:
+                    first.append((data_loss.detach() * n, hits))
+            if total is None:
+                total = torch.zeros((), device=self.totals.device)
+            if self.world > 1:
+                parts = [total, *self.grads()] if backward else [total]
+                distributed.weighted_mean_(parts, n, reduce=self.average_gradients)
+            return total
+
+        self.optimizer.step(closure)
+        for loss_part, hits in first:
+            self.totals[0] += loss_part.double()
+            if hits is None:
+                self.scored = False
+            else:
+                self.totals[1] += hits
+        self.totals[2] += n
+
+
+def _warn_full_batch(data: Batches, world: int) -> None:
+    # valid (full-batch gradient descent), but rarely what was meant: say so once
+    if data.owned and distributed.rank() == 0 and data.batch_size * world > len(data):
+        warnings.warn(
+            f"batch_size {data.batch_size} x {world} process(es) exceeds the {len(data)} training "
+            "examples: every step uses the whole training set",
+            stacklevel=3,
+        )
+
+
+def _train_metrics(epoch: int, step: int, sums: list[float], scored: bool) -> dict:
+    """An epoch's record so far, from the summed (loss, hits, targets) of its steps."""
+    loss_sum, hits, seen = sums
+    train_loss = loss_sum / max(seen, 1)
+    if not math.isfinite(train_loss):
+        raise LowdimError(f"training diverged in epoch {epoch} (train loss {train_loss}); lower lr")
+    acc = hits / max(seen, 1) if scored else None
+    return {"epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": acc}
+
+
+def _result(
+    run: TrainingRun, model, train, test, epochs, eval_batch_size, device, loss_fn
+) -> FitResult:
+    if run.history:
+        last = run.history[-1]
+        metrics = {k: last[k] for k in ("test_loss", "test_acc", "train_loss", "train_acc")}
+    else:  # zero epochs: report the starting point
+        options = {"batch_size": eval_batch_size, "device": device, "loss_fn": loss_fn}
+        metrics = dict(
+            zip(("test_loss", "test_acc"), evaluate(model, test, **options), strict=True)
+        )
+        metrics.update(
+            zip(("train_loss", "train_acc"), evaluate(model, train, **options), strict=True)
         )
     return FitResult(
-        test_acc=test_acc,
-        test_loss=test_loss,
-        train_acc=train_acc,
-        train_loss=train_loss,
+        **metrics,
         epochs=epochs,
-        wall_seconds=done["wall_seconds"] + time.perf_counter() - started,
-        snapshots=len(recorder) if recorder is not None else 0,
-        history=history,
+        wall_seconds=run.wall_seconds(),
+        snapshots=run.snapshots(),
+        history=run.history,
     )
 
 
@@ -401,7 +361,3 @@ def _groups(batches, size: int):
             group = []
     if group:
         yield group
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)

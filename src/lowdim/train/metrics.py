@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..errors import LowdimError
+from ..errors import BadArgument, LowdimError
 from ..io import atomic_write_text
 
 
@@ -65,8 +65,9 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise LowdimError(
-                    "--tensorboard needs the tensorboard package: pip install 'lowdim[tensorboard]'"
+                raise BadArgument(
+                    "tensorboard",
+                    "needs the tensorboard package: pip install 'lowdim[tensorboard]'",
                 ) from None
             self._tb = SummaryWriter(str(tensorboard_dir))
 
@@ -89,7 +90,7 @@ def format_epoch(record: dict, epochs: int) -> str:
     """`epoch  3/10  loss 0.4123  acc 0.8712  test_loss 0.3990  test_acc 0.8801  lr 0.05  2.1s`."""
     parts = [f"epoch {record['epoch']:>3}/{epochs}"]
     for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
-        if key in record:
+        if record.get(key) is not None:  # accuracy is None where targets are not classes
             parts.append(f"{key} {record[key]:.4f}")
     if "lr" in record:
         parts.append(f"lr {record['lr']:.4g}")
