@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import torch
+
 README = Path(__file__).parents[1] / "README.md"
 
 
@@ -20,3 +22,14 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
     _, sub_acc = namespace["lowdim"].evaluate(namespace["sub"], namespace["data"].test)
     assert sub_acc > 0.5  # 200 random Fastfood directions, 5 epochs
     assert (tmp_path / "runs" / "mine" / "trajectory" / "manifest.json").exists()
+    # the transformer language model on token data: every method lowers the held-out loss
+    # from the initialisation's, and the restored Fastfood model is the trained one exactly
+    lowdim, build_lm, val = namespace["lowdim"], namespace["build_lm"], namespace["val"]
+    start, _ = lowdim.evaluate(build_lm(), val)
+    for name in ("dldr", "twa", "fastfood", "rbd_run"):
+        assert namespace[name].test_loss < start - 0.05, name
+    assert namespace["dldr"].test_acc is not None  # next-token accuracy
+    tokens = val.x[:4]
+    sub, restored = namespace["lm_sub"].eval(), namespace["restored"].eval()
+    assert torch.equal(restored(tokens), sub(tokens))
+    assert (tmp_path / "runs/lm-fastfood/subspace_config.json").exists()
