@@ -225,16 +225,17 @@ def test_corrupt_noise_sets_are_nested_and_edge_fractions():
 
 @pytest.mark.parametrize("bad", [1.5, -0.1, float("nan"), "abc"])
 def test_corrupt_bad_fraction(bad):
-    with pytest.raises(LowdimError, match="--corrupt"):
+    with pytest.raises(LowdimError, match="^fraction "):
         corrupt_labels(torch.zeros(5, dtype=torch.int64), 10, bad, 0)
-    with pytest.raises(LowdimError, match="--corrupt"):
+    with pytest.raises(LowdimError, match="^corrupt "):
         load_dataset("digits", corrupt=bad)
 
 
 def test_corrupt_message_names_value_and_range():
     with pytest.raises(LowdimError) as e:
         load_dataset("digits", corrupt=1.5)
-    assert str(e.value) == "--corrupt 1.5 is outside [0, 1]"
+    assert str(e.value) == "corrupt 1.5 is outside [0, 1]"
+    assert e.value.as_flag() == "--corrupt 1.5 is outside [0, 1]"
 
 
 def test_load_dataset_corrupts_train_only_and_reproducibly(digits):

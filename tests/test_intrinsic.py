@@ -127,7 +127,7 @@ def test_killed_sweep_resumes_without_retraining(tmp_path, monkeypatch):
         (["--dims", "0"], "--dims 0 must be between 1 and D = 55210"),
         (["--dims", "60000"], "--dims 60000 must be between 1 and D"),
         (["--projection", "hadamard", "--dims", "10"], "unknown projection 'hadamard'"),
-        ([], "give --dims"),
+        ([], "--dims lists no subspace dimension, and no search was asked for"),
     ],
 )
 def test_bad_input(tmp_path, capsys, args, expect):

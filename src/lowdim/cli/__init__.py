@@ -79,9 +79,10 @@ def debug_wanted(args) -> bool:
     return args.debug or os.environ.get("LOWDIM_DEBUG", "0") not in ("", "0")
 
 
-def _one_line(error: BaseException) -> str:
-    """The message on one line (a message that spans lines is joined, and cut if long)."""
-    text = " ".join(str(error).split())
+def _one_line(message: BaseException | str) -> str:
+    """The message (an exception's, or a text) on one line: a message that spans lines is
+    joined, and cut if long."""
+    text = " ".join(str(message).split())
     return text if len(text) <= 400 else text[:397] + "..."
 
 

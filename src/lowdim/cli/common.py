@@ -11,8 +11,44 @@ from ..data import DATASETS
 from ..models import available_archs
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option that takes a value shows its default: " (default: 0.05)" is appended to its
+    help unless the help already says "(default: ...)" (as an option whose default is None, or
+    computed, must, in words), or the option is required. Flags are off unless given, and show
+    nothing. A list default shows as "10,15", an empty one as "none"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        if (
+            not text
+            or "(default: " in text
+            or not action.option_strings
+            or action.required
+            or action.nargs == 0
+            or action.default is None
+            or action.default is argparse.SUPPRESS
+        ):
+            return text
+        return f"{text} (default: {_shown(action.default)})"
+
+
+def _shown(value: object) -> str:
+    """A default as the command line spells it, %-escaped for argparse."""
+    if isinstance(value, (list, tuple)):
+        text = ",".join(map(str, value)) or "none"
+    else:
+        text = str(value)
+    return text.replace("%", "%%")
+
+
 class Parser(argparse.ArgumentParser):
-    """An argparse parser whose errors are one line on stderr and exit status 2 (no usage dump)."""
+    """An argparse parser whose errors are one line on stderr and exit status 2 (no usage dump),
+    and whose help shows every option's default (`HelpFormatter`); its subcommands' parsers are
+    `Parser`s too."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -50,20 +86,23 @@ def normalise_option_names(argv: list[str]) -> list[str]:
     return out
 
 
+# The help of the options several commands define, each with its own default.
+DATASET_HELP = f"one of: {', '.join(DATASETS)}"
+DATA_DIR_HELP = (
+    "folder searched first for the dataset files (default: none; then $LOWDIM_DATA, the "
+    "system's copies and ~/.cache/lowdim)"
+)
+HIDDEN_HELP = "hidden widths of --arch mlp (default: 200,200)"
+
+
+def arch_help() -> str:
+    return f"one of: {', '.join(available_archs())}"
+
+
 def add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument(
-        "--dataset",
-        default="digits",
-        metavar="NAME",
-        help=f"one of: {', '.join(DATASETS)} (default: digits)",
-    )
-    g.add_argument(
-        "--data-dir",
-        default=None,
-        metavar="DIR",
-        help="folder with the dataset files (else $LOWDIM_DATA, the Debian location)",
-    )
+    g.add_argument("--dataset", default="digits", metavar="NAME", help=DATASET_HELP)
+    g.add_argument("--data-dir", default=None, metavar="DIR", help=DATA_DIR_HELP)
     g.add_argument(
         "--download",
         action="store_true",
@@ -80,19 +119,8 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument(
-        "--arch",
-        default="mlp",
-        metavar="NAME",
-        help=f"one of: {', '.join(available_archs())} (default: mlp)",
-    )
-    g.add_argument(
-        "--hidden",
-        type=int_list,
-        default=None,
-        metavar="W1,W2",
-        help="hidden widths of --arch mlp (default: 200,200)",
-    )
+    g.add_argument("--arch", default="mlp", metavar="NAME", help=arch_help())
+    g.add_argument("--hidden", type=int_list, default=None, metavar="W1,W2", help=HIDDEN_HELP)
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:

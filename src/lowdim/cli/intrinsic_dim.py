@@ -13,7 +13,15 @@ from ..data import load_dataset
 from ..errors import LowdimError
 from ..jobs.intrinsic import IntrinsicConfig, measure_intrinsic_dim
 from ..train import evaluate
-from .common import add_session_options, finite_float, int_list
+from .common import (
+    DATA_DIR_HELP,
+    DATASET_HELP,
+    HIDDEN_HELP,
+    add_session_options,
+    arch_help,
+    finite_float,
+    int_list,
+)
 
 HELP = "measure the intrinsic dimension: the smallest random subspace reaching 90% accuracy"
 
@@ -22,15 +30,11 @@ def add_parser(sub) -> None:
     d = IntrinsicConfig()
     # argparse reads a help text as a %-format: the one % is doubled there, not in the description
     p = sub.add_parser("intrinsic-dim", help=HELP.replace("%", "%%"), description=HELP)
-    p.add_argument("--dataset", default=d.dataset)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--arch", default=d.arch)
-    p.add_argument("--hidden", type=int_list, default=None, help="hidden widths of mlp")
-    p.add_argument(
-        "--projection",
-        default=d.projection,
-        help=f"one of: {', '.join(RANDOM_KINDS)} (default: {d.projection})",
-    )
+    p.add_argument("--dataset", default=d.dataset, metavar="NAME", help=DATASET_HELP)
+    p.add_argument("--data-dir", default=None, metavar="DIR", help=DATA_DIR_HELP)
+    p.add_argument("--arch", default=d.arch, metavar="NAME", help=arch_help())
+    p.add_argument("--hidden", type=int_list, default=None, metavar="W1,W2", help=HIDDEN_HELP)
+    p.add_argument("--projection", default=d.projection, help=f"one of: {', '.join(RANDOM_KINDS)}")
     p.add_argument(
         "--per-layer",
         action="store_true",
@@ -44,11 +48,20 @@ def add_parser(sub) -> None:
         action="store_true",
         help="find d_int90 by doubling from --search-min, then bisection",
     )
-    p.add_argument("--search-min", type=int, default=d.search_min)
-    p.add_argument("--search-max", type=int, default=None, help="(default: D)")
-    p.add_argument("--seeds", type=int, default=d.seeds, help="seeds per d (default: 1)")
-    p.add_argument("--seed", type=int, default=d.seed, help="first seed (default: 0)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"(default: {d.epochs})")
+    p.add_argument(
+        "--search-min", type=int, default=d.search_min, help="the first d that --search tries"
+    )
+    p.add_argument(
+        "--search-max",
+        type=int,
+        default=None,
+        help="the largest d that --search tries (default: D, the number of parameters)",
+    )
+    p.add_argument("--seeds", type=int, default=d.seeds, help="seeds per d")
+    p.add_argument("--seed", type=int, default=d.seed, help="first seed")
+    p.add_argument(
+        "--epochs", type=int, default=d.epochs, help="passes over the training data, per run"
+    )
     p.add_argument(
         "--lr",
         type=finite_float,
@@ -60,17 +73,17 @@ def add_parser(sub) -> None:
         "--baseline-lr",
         type=finite_float,
         default=d.baseline_lr,
-        help="Adam's lr for the direct baseline (default: 1e-3)",
+        help="Adam's lr for the direct baseline",
     )
-    p.add_argument("--beta2", type=finite_float, default=d.beta2, help="(default: 0.99)")
+    p.add_argument("--beta2", type=finite_float, default=d.beta2, help="Adam's beta2")
     p.add_argument(
         "--l2",
         type=finite_float,
         default=d.l2,
-        help="L2 on the full weights, 0.5 * l2 * ||theta||^2 (default: 1e-4)",
+        help="L2 on the full weights, 0.5 * l2 * ||theta||^2",
     )
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: 128)")
-    p.add_argument("--save-dir", required=True)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step")
+    p.add_argument("--save-dir", required=True, metavar="DIR", help="folder for the sweep's files")
     add_session_options(p.add_argument_group("run"))
     p.set_defaults(run=run)
 
@@ -79,15 +92,15 @@ def add_parser(sub) -> None:
         help="write one trained point of an intrinsic-dim run as (architecture, seeds, d numbers)",
     )
     p.add_argument("--save-dir", required=True, help="the intrinsic-dim run")
-    p.add_argument("--dim", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dim", type=int, required=True, help="the subspace dimension d of the point")
+    p.add_argument("--seed", type=int, default=0, help="the seed of the point")
     p.add_argument("--out", required=True, help="the compressed file to write")
     p.set_defaults(run=run_compress)
 
     p = sub.add_parser("evaluate", help="rebuild a compressed model and evaluate it")
-    p.add_argument("file")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("file", help="a compressed model written by `lowdim compress`")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help=DATA_DIR_HELP)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(run=run_evaluate)
 
 

@@ -7,7 +7,16 @@ from dataclasses import fields
 
 from ..jobs.random_bases import COMPARTMENT_RULES, SPLITS, RBDConfig, train_rbd
 from ..optim.rbd import DISTRIBUTIONS, MODES, NORMALISATIONS
-from .common import add_session_options, finite_float, int_list, print_result
+from .common import (
+    DATA_DIR_HELP,
+    DATASET_HELP,
+    HIDDEN_HELP,
+    add_session_options,
+    arch_help,
+    finite_float,
+    int_list,
+    print_result,
+)
 
 HELP = "train with random bases descent: d fresh random directions every step"
 
@@ -15,11 +24,11 @@ HELP = "train with random bases descent: d fresh random directions every step"
 def add_parser(sub) -> None:
     d = RBDConfig()
     p = sub.add_parser("rbd", help=HELP, description=HELP)
-    p.add_argument("--dataset", default=d.dataset)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--arch", default=d.arch, help=f"(default: {d.arch})")
-    p.add_argument("--hidden", type=int_list, default=None, help="hidden widths of mlp")
-    p.add_argument("--dim", type=int, default=d.dim, help=f"directions per step (default: {d.dim})")
+    p.add_argument("--dataset", default=d.dataset, metavar="NAME", help=DATASET_HELP)
+    p.add_argument("--data-dir", default=None, metavar="DIR", help=DATA_DIR_HELP)
+    p.add_argument("--arch", default=d.arch, metavar="NAME", help=arch_help())
+    p.add_argument("--hidden", type=int_list, default=None, metavar="W1,W2", help=HIDDEN_HELP)
+    p.add_argument("--dim", type=int, default=d.dim, help="directions per step")
     p.add_argument(
         "--compartments",
         default=d.compartments,
@@ -40,7 +49,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--distribution",
         default=d.distribution,
-        help=f"one of: {', '.join(DISTRIBUTIONS)} (default: gaussian)",
+        help=f"one of: {', '.join(DISTRIBUTIONS)}",
     )
     p.add_argument(
         "--normalise",
@@ -55,21 +64,23 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--mode",
         default=d.mode,
-        help=f"under torchrun, one of: {', '.join(MODES)} (default: {d.mode}): own directions "
-        "per worker, or one basis shared by all",
+        help=f"under torchrun, one of: {', '.join(MODES)}: own directions per worker, or one "
+        "basis shared by all",
     )
     p.add_argument(
         "--keep-directions",
         action="store_true",
         help="hold a step's directions in memory (d x D floats) instead of regenerating them",
     )
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"(default: {d.epochs})")
-    p.add_argument("--lr", type=finite_float, default=d.lr, help=f"(default: {d.lr})")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training data")
+    p.add_argument("--lr", type=finite_float, default=d.lr, help="learning rate")
     p.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})"
+        "--batch-size", type=int, default=d.batch_size, help="examples per step, per process"
     )
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--save-dir", required=True)
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help="seed of the weights, data order and directions"
+    )
+    p.add_argument("--save-dir", required=True, metavar="DIR", help="folder for this run's files")
     add_session_options(p.add_argument_group("run"))
     p.set_defaults(run=run)
 

@@ -25,25 +25,21 @@ def add_parser(sub) -> None:
     add_data_options(p)
     add_model_options(p)
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=d.epochs, help=f"(default: {d.epochs})")
-    g.add_argument("--lr", type=finite_float, default=d.lr, help=f"(default: {d.lr})")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training data")
+    g.add_argument("--lr", type=finite_float, default=d.lr, help="learning rate")
     g.add_argument(
-        "--momentum", type=finite_float, default=d.momentum, help=f"(default: {d.momentum})"
+        "--momentum", type=finite_float, default=d.momentum, help="heavy-ball momentum of sgd"
     )
     g.add_argument(
         "--weight-decay",
         type=finite_float,
         default=d.weight_decay,
-        help=f"(default: {d.weight_decay})",
+        help="L2 coefficient, decoupled for adamw",
     )
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="the optimiser")
     g.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})"
-    )
-    g.add_argument(
-        "--optimizer", choices=OPTIMIZERS, default=d.optimizer, help=f"(default: {d.optimizer})"
-    )
-    g.add_argument(
-        "--schedule", choices=SCHEDULES, default=d.schedule, help=f"(default: {d.schedule})"
+        "--schedule", choices=SCHEDULES, default=d.schedule, help="lr schedule, per epoch"
     )
     g.add_argument(
         "--lr-milestones",
@@ -53,31 +49,31 @@ def add_parser(sub) -> None:
         help="epochs after which the lr is multiplied by --lr-gamma (default: none)",
     )
     g.add_argument(
-        "--lr-gamma", type=finite_float, default=d.lr_gamma, help=f"(default: {d.lr_gamma})"
+        "--lr-gamma",
+        type=finite_float,
+        default=d.lr_gamma,
+        help="factor on the lr at each of --lr-milestones",
     )
     g.add_argument(
         "--samples-per-epoch",
         type=int,
         default=d.samples_per_epoch,
-        help="snapshots per epoch, besides the one at initialisation (default: 1)",
+        help="snapshots per epoch, besides the one at initialisation",
     )
-    g.add_argument(
-        "--beta2", type=finite_float, default=d.beta2, help=f"Adam's beta2 (default: {d.beta2})"
-    )
+    g.add_argument("--beta2", type=finite_float, default=d.beta2, help="beta2 of adam and adamw")
     g.add_argument(
         "--init-from",
         default=None,
         metavar="FILE",
-        help="start from these weights (a model.safetensors or a run folder) instead "
-        "of a fresh initialisation: improving a trained model",
+        help="start from these weights (a model.safetensors or a run folder), to improve a "
+        "trained model (default: none, a fresh initialisation)",
     )
     g.add_argument(
         "--holdout",
         type=finite_float,
         default=d.holdout,
         metavar="F",
-        help="set aside this fraction of the training data (for `twa --fit-on holdout`; "
-        "default: 0)",
+        help="set aside this fraction of the training data, for `twa --fit-on holdout`",
     )
     add_run_options(p)
     p.set_defaults(run=run)

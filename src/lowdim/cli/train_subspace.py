@@ -48,7 +48,13 @@ def _add(sub, method: str) -> None:
         default=None,
         help="end of the window, exclusive (default: all snapshots)",
     )
-    g.add_argument("--params-stride", type=int, default=d.params_stride, help="(default: 1)")
+    g.add_argument(
+        "--params-stride",
+        type=int,
+        default=d.params_stride,
+        metavar="N",
+        help="use every N-th snapshot of the window",
+    )
     if method != "twa":
         g.add_argument(
             "--n-components",
@@ -57,26 +63,31 @@ def _add(sub, method: str) -> None:
             help=f"subspace dimension d (default: {d.n_components})",
         )
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=None, help=f"(default: {m['epochs']})")
+    g.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"passes over the training data (default: {m['epochs']})",
+    )
     g.add_argument(
         "--batch-size",
         type=int,
         default=None,
-        help=f"(default: {m['batch_size']}"
+        help=f"examples per step (default: {m['batch_size']}"
         + (", at most an eighth of the training set)" if method == "pbfgs" else ")"),
     )
     g.add_argument(
         "--accumulate",
         type=int,
         default=1,
-        help="accumulate gradients over this many batches per step (default: 1)",
+        help="accumulate gradients over this many batches per step",
     )
-    g.add_argument("--seed", type=int, default=0, help="seed of the minibatch order (default: 0)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the minibatch order")
     g.add_argument(
         "--fit-on",
         default=d.fit_on,
-        help="train (default: the examples the train-sgd run trained on) or holdout (those "
-        "its --holdout set aside; TWA-v)",
+        help="train (the examples the train-sgd run trained on) or holdout (those its "
+        "--holdout set aside; TWA-v)",
     )
     g.add_argument(
         "--no-bn-recompute",
@@ -86,8 +97,15 @@ def _add(sub, method: str) -> None:
         "them over the training data at the start and the end)",
     )
     if method in ("psgd", "twa"):
-        g.add_argument("--lr", type=finite_float, default=None, help=f"(default: {m['lr']})")
-        g.add_argument("--momentum", type=finite_float, default=d.momentum, help="(default: 0.9)")
+        g.add_argument(
+            "--lr", type=finite_float, default=None, help=f"learning rate (default: {m['lr']})"
+        )
+        g.add_argument(
+            "--momentum",
+            type=finite_float,
+            default=d.momentum,
+            help="heavy-ball momentum in the subspace",
+        )
         g.add_argument(
             "--weight-decay",
             type=finite_float,
@@ -104,7 +122,7 @@ def _add(sub, method: str) -> None:
             g.add_argument(
                 "--variant",
                 default=d.variant,
-                help="iclr (default: orthonormal span, projected SGD) or journal (per-layer "
+                help="iclr (orthonormal span, projected SGD) or journal (per-layer "
                 "coefficients on the deviations from the mean, projected AdamW, lr 0.01)",
             )
         marks = "50%% and 75%%" if method == "twa" else "75%%"
@@ -122,16 +140,16 @@ def _add(sub, method: str) -> None:
             default=None,
             help=f"first trial step of the line search (default: {m['lr']})",
         )
-        g.add_argument(
-            "--sigma", type=finite_float, default=d.sigma, help="Armijo constant (default: 0.4)"
-        )
+        g.add_argument("--sigma", type=finite_float, default=d.sigma, help="Armijo constant")
         g.add_argument(
             "--shrink",
             type=finite_float,
             default=d.shrink,
-            help="step factor between trials (default: 0.4)",
+            help="step factor between trials",
         )
-        g.add_argument("--max-tries", type=int, default=d.max_tries, help="(default: 20)")
+        g.add_argument(
+            "--max-tries", type=int, default=d.max_tries, help="line-search trials per step"
+        )
         g.add_argument(
             "--reset-every-epoch",
             action="store_true",
@@ -141,13 +159,13 @@ def _add(sub, method: str) -> None:
             "--residual-alpha",
             type=finite_float,
             default=d.residual_alpha,
-            help="residual momentum step on the out-of-subspace gradient (default: 0)",
+            help="residual momentum step on the out-of-subspace gradient, 0 for none",
         )
         g.add_argument(
             "--residual-gamma",
             type=finite_float,
             default=d.residual_gamma,
-            help="residual momentum decay (default: 0.9)",
+            help="residual momentum decay",
         )
     g = p.add_argument_group("run")
     g.add_argument(

@@ -5,21 +5,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lowdim.errors import LowdimError
+from lowdim.errors import BadArgument, LowdimError
 from lowdim.seeding import generator
 
 
-def check_fraction(fraction: float) -> float:
-    """`fraction` as a float; a `LowdimError` worded for `--corrupt` if it is not in [0, 1]."""
+def check_fraction(fraction: float, name: str = "corrupt") -> float:
+    """`fraction` as a float; a `BadArgument` naming `name` (by default `corrupt`, the option
+    of `load_dataset` it checks) if it is not in [0, 1]."""
     try:
         value = float(fraction)
     except (TypeError, ValueError):
-        raise LowdimError(
-            f"--corrupt {fraction!r} is not a number; use a fraction in [0, 1]"
-        ) from None
+        raise BadArgument(name, f"{fraction!r} is not a number; use a fraction in [0, 1]") from None
     # NaN fails both comparisons, so it is rejected here too.
     if not 0.0 <= value <= 1.0:
-        raise LowdimError(f"--corrupt {fraction} is outside [0, 1]")
+        raise BadArgument(name, f"{fraction} is outside [0, 1]")
     return value
 
 
@@ -40,7 +39,7 @@ def corrupt_labels(
 
     Raises `LowdimError` if `fraction` is outside [0, 1] or `labels` is not a 1-D integer tensor.
     """
-    fraction = check_fraction(fraction)
+    fraction = check_fraction(fraction, "fraction")
     if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise LowdimError(
             f"labels must be a 1-D integer tensor, got dtype {labels.dtype} shape "

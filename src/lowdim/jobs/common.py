@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from .. import distributed
-from ..data import Data, Split
-from ..errors import LowdimError
+from ..data import DATASETS, Data, Split, load_dataset
+from ..errors import BadArgument, LowdimError
 from ..io import first_nonfinite, load_tensors
-from ..models import build_model
+from ..models import available_archs, build_model
 from ..seeding import generator
 
 if TYPE_CHECKING:
@@ -32,9 +32,9 @@ def resolve_device(name: str | None) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise LowdimError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+        raise BadArgument("device", f"{name!r} is not a device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise LowdimError(f"--device {name} asked for CUDA, but no CUDA device is available")
+        raise BadArgument("device", f"{name} asked for CUDA, but no CUDA device is available")
     return distributed.setup(device)
 
 
@@ -46,11 +46,11 @@ def holdout_split(train, fraction: float, seed: int):
     if fraction == 0:
         return train, None
     if not isinstance(train, Split):
-        raise LowdimError("--holdout needs a dataset held in memory (not a streamed one)")
+        raise BadArgument("holdout", "needs a dataset held in memory (not a streamed one)")
     order = torch.randperm(len(train), generator=generator("holdout", seed))
     held = max(1, round(fraction * len(train)))
     if held >= len(train):
-        raise LowdimError(f"--holdout {fraction} leaves no training examples")
+        raise BadArgument("holdout", f"{fraction} leaves no training examples")
     keep, out = order[:-held].sort().values, order[-held:].sort().values
     return (
         Split(train.x[keep], train.y[keep], train.augment),
@@ -75,23 +75,53 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     if path.is_dir():
         path = path / "model.safetensors"
     if not path.is_file():
-        raise LowdimError(f"--init-from {path}: no such file (give a model.safetensors or a run)")
+        raise BadArgument("init_from", f"{path}: no such file (give a model.safetensors or a run)")
     try:
         state = load_tensors(path)
     except Exception as e:  # safetensors raises its own error types for bad headers
-        raise LowdimError(f"--init-from {path} is not a safetensors file ({e})") from None
+        raise BadArgument("init_from", f"{path} is not a safetensors file ({e})") from None
     if (name := first_nonfinite(state)) is not None:
-        raise LowdimError(
-            f"--init-from {path}: tensor {name!r} holds NaN or inf values (saved from a "
-            "diverged run?); start from other weights"
+        raise BadArgument(
+            "init_from",
+            f"{path}: tensor {name!r} holds NaN or inf values (saved from a "
+            "diverged run?); start from other weights",
         )
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
-        raise LowdimError(f"--init-from {path} does not fit --arch: {first}") from None
+        raise BadArgument("init_from", f"{path} does not fit the architecture: {first}") from None
 
 
 def labels_digest(labels: torch.Tensor) -> str:
     """sha256 of the training labels, so later stages can check they see the same noisy ones."""
     return hashlib.sha256(labels.cpu().numpy().tobytes()).hexdigest()
+
+
+def arch_of(model: torch.nn.Module | None, cfg: SGDConfig) -> str:
+    """The arch a run records: the zoo's name, or a user module's class name."""
+    return cfg.arch if model is None else type(model).__name__
+
+
+def data_for(cfg: SGDConfig, data: Data | None, sgd_dir: Path) -> Data:
+    """The data a later stage trains on: `data` as given, else the train-sgd run's dataset
+    reloaded by name (a run on a user's own data needs it given again)."""
+    if data is not None:
+        return data
+    if cfg.dataset not in DATASETS:
+        raise LowdimError(
+            f"the run in {sgd_dir} trained on your own data {cfg.dataset!r}: pass it again (data=)"
+        )
+    return load_dataset(cfg.dataset, data_dir=cfg.data_dir, corrupt=cfg.corrupt, seed=cfg.seed)
+
+
+def module_for(cfg: SGDConfig, data: Data, device: torch.device, model: torch.nn.Module | None):
+    """The network a later stage trains: `model` (a freshly built user module), else the zoo's
+    arch rebuilt as the train-sgd run built it."""
+    if model is not None:
+        return model.to(device)
+    if cfg.arch not in available_archs():
+        raise LowdimError(
+            f"the run trained your own module {cfg.arch!r}: pass a fresh one (model=)"
+        )
+    return model_for(cfg, data, device)

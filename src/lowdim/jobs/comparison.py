@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import LowdimError
+from ..errors import BadArgument
 from ..io import atomic_write
 from ..train.metrics import read_records
 from .rundir import SUMMARY, check_summary, read_json_object
@@ -16,7 +16,7 @@ def collect_runs(save_dir: str | Path) -> list[tuple[Path, dict]]:
     """(folder, summary) of the run in `save_dir` and of each finished run in its subfolders."""
     save_dir = Path(save_dir)
     if not (save_dir / SUMMARY).exists():
-        raise LowdimError(f"--save-dir {save_dir} holds no finished run (no {SUMMARY})")
+        raise BadArgument("save_dir", f"{save_dir} holds no finished run (no {SUMMARY})")
     folders = [save_dir, *sorted(p for p in save_dir.iterdir() if (p / SUMMARY).exists())]
     return [(p, _read_summary(p / SUMMARY)) for p in folders]
 

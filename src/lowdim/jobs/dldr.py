@@ -26,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from .. import distributed
 from ..bases import Basis, load_basis, trajectory_pca
 from ..bases.sharded import shard_bounds, shard_pca_basis, shard_span_basis
 from ..bases.span import layer_deviations, trajectory_span
-from ..data import load_dataset
-from ..errors import LowdimError, check_finite, check_seed
+from ..data import Data
+from ..errors import BadArgument, LowdimError, check_finite, check_seed
 from ..optim import PBFGS, PSGD, PAdamW
 from ..optim.base import check_rates
 from ..params import FlatParams
@@ -42,7 +43,7 @@ from ..train.builders import SCHEDULES
 from ..train.checkpoint import has_checkpoint
 from ..train.loop import check_checkpoint_every
 from ..trajectory import Trajectory
-from .common import holdout_split, labels_digest, model_for, resolve_device
+from .common import data_for, holdout_split, labels_digest, module_for, resolve_device
 from .plots import plot_spectrum
 from .rundir import CONFIG, SUMMARY, RunDir, check_summary, config_from_json, read_json_object
 from .sampling import SGDConfig, check_config
@@ -76,7 +77,7 @@ class SubspaceConfig:
     processes, each extracts and holds only its 1/R slice of the basis along the parameters
     (see `lowdim.bases.sharded`); the basis file is then not written. `fit_on`: "train"
     (default: the examples the train-sgd run trained on) or "holdout" (the ones its
-    `--holdout` set aside: TWA-v).
+    `holdout` set aside: TWA-v).
     """
 
     method: str = "pbfgs"
@@ -114,16 +115,16 @@ class SubspaceConfig:
         out.epochs = d["epochs"] if self.epochs is None else self.epochs
         journal = self.method == "twa" and self.variant == "journal"
         if self.variant not in VARIANTS:
-            raise LowdimError(
-                f"unknown --variant {self.variant!r}; choose one of: {', '.join(VARIANTS)}"
+            raise BadArgument(
+                "variant", f"{self.variant!r} is unknown; choose one of: {', '.join(VARIANTS)}"
             )
         out.lr = (JOURNAL_LR if journal else d["lr"]) if self.lr is None else self.lr
         if self.schedule is None:
             out.schedule = "cosine" if journal else "multistep"
         if self.fit_on not in ("train", "holdout"):
-            raise LowdimError(f"unknown --fit-on {self.fit_on!r}; choose train or holdout")
+            raise BadArgument("fit_on", f"{self.fit_on!r} is unknown; choose train or holdout")
         if journal and self.shard_basis:
-            raise LowdimError("--shard-basis works with PCA and TWA's iclr variant, not journal")
+            raise BadArgument("shard_basis", "works with PCA and TWA's iclr variant, not journal")
         out.weight_decay = d["weight_decay"] if self.weight_decay is None else self.weight_decay
         check_rates(out.lr, out.weight_decay)
         check_finite(
@@ -134,17 +135,16 @@ class SubspaceConfig:
             residual_gamma=self.residual_gamma,
         )
         check_seed(self.seed)
-        if not (0 < self.sigma < 1 and 0 < self.shrink < 1):
-            raise LowdimError(
-                f"--sigma {self.sigma} and --shrink {self.shrink} must both lie in (0, 1)"
-            )
+        for option in ("sigma", "shrink"):
+            if not 0 < getattr(self, option) < 1:
+                raise BadArgument(option, f"must lie in (0, 1), got {getattr(self, option)}")
         if self.max_tries < 1:
-            raise LowdimError(f"--max-tries must be >= 1, got {self.max_tries}")
+            raise BadArgument("max_tries", f"must be >= 1, got {self.max_tries}")
         if not 0 <= out.momentum < 1:
-            raise LowdimError(f"--momentum must be in [0, 1), got {out.momentum}")
+            raise BadArgument("momentum", f"must be in [0, 1), got {out.momentum}")
         if out.schedule not in SCHEDULES:
-            raise LowdimError(
-                f"unknown --schedule {out.schedule!r}; choose one of: {', '.join(SCHEDULES)}"
+            raise BadArgument(
+                "schedule", f"{out.schedule!r} is unknown; choose one of: {', '.join(SCHEDULES)}"
             )
         if self.batch_size is None:
             out.batch_size = d["batch_size"]
@@ -170,7 +170,7 @@ SGD_SUMMARY_KEYS = {
 def read_sgd_run(sgd_dir: Path) -> tuple[SGDConfig, dict]:
     """The config and summary of a finished train-sgd run, validated, or a clear error."""
     if not (sgd_dir / CONFIG).exists():
-        raise LowdimError(f"--save-dir {sgd_dir} holds no train-sgd run (no {CONFIG})")
+        raise LowdimError(f"{sgd_dir} holds no train-sgd run (no {CONFIG})")
     if not (sgd_dir / SUMMARY).exists():
         raise LowdimError(
             f"the train-sgd run in {sgd_dir} has not finished; finish it with --resume first"
@@ -181,7 +181,7 @@ def read_sgd_run(sgd_dir: Path) -> tuple[SGDConfig, dict]:
     check_summary(summary, sgd_dir / SUMMARY, SGD_SUMMARY_KEYS)
     if summary["method"] != "sgd":
         raise LowdimError(
-            f"{sgd_dir / SUMMARY} is a {summary['method']!r} run's summary: --save-dir must be "
+            f"{sgd_dir / SUMMARY} is a {summary['method']!r} run's summary: give the folder of "
             "a train-sgd run"
         )
     return cfg, summary
@@ -231,20 +231,22 @@ def train_in_subspace(
     progress: bool = True,
     name: str | None = None,
     checkpoint_every: int = 0,
+    data: Data | None = None,
+    model: nn.Module | None = None,
 ) -> dict:
     """Train in a subspace of the train-sgd run in `sgd_dir` (DLDR or TWA); return the summary.
 
     Results go to `sgd_dir/<name>/` (default name: the method), so one trajectory can serve
     several subspace runs. `checkpoint_every` N (default 0) also checkpoints after every N
-    steps inside an epoch (see `fit`)."""
+    steps inside an epoch (see `fit`). `data` and `model`: a run of `train_sgd` on your own
+    data or module needs them again (the same data, checked by its labels' digest, and a
+    freshly built module of the same layout); default: the run's dataset and zoo arch."""
     check_checkpoint_every(checkpoint_every)
     sgd_dir = Path(sgd_dir)
     sgd_cfg, sgd_summary = read_sgd_run(sgd_dir)
     sgd_cfg.device = cfg.device
     device = resolve_device(cfg.device)
-    data = load_dataset(
-        sgd_cfg.dataset, data_dir=sgd_cfg.data_dir, corrupt=sgd_cfg.corrupt, seed=sgd_cfg.seed
-    )
+    data = data_for(sgd_cfg, data, sgd_dir)
     if labels_digest(data.train.y) != sgd_summary.get("train_labels_sha256"):
         raise LowdimError(
             f"the training labels of {sgd_cfg.dataset} differ from those the run in {sgd_dir} "
@@ -252,16 +254,16 @@ def train_in_subspace(
         )
     fit_part, held = holdout_split(data.train, sgd_cfg.holdout, sgd_cfg.seed)
     if cfg.fit_on == "holdout" and held is None:
-        raise LowdimError(
-            f"--fit-on holdout needs a train-sgd run with --holdout > 0; {sgd_dir} held none out"
+        raise BadArgument(
+            "fit_on", f"holdout needs a train-sgd run with holdout > 0; {sgd_dir} held none out"
         )
     train = held if cfg.fit_on == "holdout" else fit_part
     cfg = cfg.resolved(len(train))
     for option in ("epochs", "batch_size", "accumulate"):
         if getattr(cfg, option) < 1:
             value = getattr(cfg, option)
-            raise LowdimError(f"--{option.replace('_', '-')} must be >= 1, got {value}")
-    model = model_for(sgd_cfg, data, device)
+            raise BadArgument(option, f"must be >= 1, got {value}")
+    model = module_for(sgd_cfg, data, device, model)
     flat = FlatParams(model)
     trajectory = Trajectory(sgd_dir / "trajectory")
     if trajectory.layout != flat.layout():
@@ -271,9 +273,10 @@ def train_in_subspace(
     window = trajectory.window(cfg.params_start, cfg.params_end, cfg.params_stride)
     pca = cfg.method != "twa"
     if pca and not 1 <= cfg.n_components <= len(window) - 1:
-        raise LowdimError(
-            f"--n-components {cfg.n_components} is not possible with the {len(window)} snapshots "
-            f"of the window: centred PCA gives between 1 and {len(window) - 1} components"
+        raise BadArgument(
+            "n_components",
+            f"{cfg.n_components} is not possible with the {len(window)} snapshots "
+            f"of the window: centred PCA gives between 1 and {len(window) - 1} components",
         )
     defaults = asdict(SubspaceConfig(method=cfg.method, variant=cfg.variant).resolved(len(train)))
     run = RunDir(sgd_dir / (name or cfg.method), asdict(cfg), resume=resume, defaults=defaults)

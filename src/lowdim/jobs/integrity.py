@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..bases import load_basis
 from ..compress import load_subspace_model
-from ..errors import LowdimError
+from ..errors import BadArgument, LowdimError
 from ..io import first_nonfinite, load_tensors
 from ..train.checkpoint import RECORD, verify_checkpoint
 from ..trajectory import MANIFEST_FILE, Trajectory
@@ -84,7 +84,7 @@ def verify_run(save_dir: str | Path) -> list[Finding]:
     """Check every file of the run in `save_dir` and of the runs inside it."""
     save_dir = Path(save_dir)
     if not save_dir.is_dir():
-        raise LowdimError(f"--save-dir {save_dir} is not a folder")
+        raise BadArgument("save_dir", f"{save_dir} is not a folder")
     findings = []
     for folder in run_folders(save_dir):
         for path, check in _checks(folder):
@@ -96,5 +96,5 @@ def verify_run(save_dir: str | Path) -> list[Finding]:
             except OSError as e:
                 findings.append(Finding(path, f"cannot read it: {e.strerror or e}"))
     if not findings:
-        raise LowdimError(f"--save-dir {save_dir} holds no lowdim run")
+        raise BadArgument("save_dir", f"{save_dir} holds no lowdim run")
     return findings

@@ -29,7 +29,7 @@ from ..bases import random_basis
 from ..bases.random import RANDOM_KINDS, per_compartment_basis
 from ..compress import save_subspace_model
 from ..data import load_dataset
-from ..errors import LowdimError, check_finite, check_seed
+from ..errors import BadArgument, LowdimError, check_finite, check_seed
 from ..io import atomic_write_json
 from ..optim.base import check_rates
 from ..params import FlatParams
@@ -106,7 +106,7 @@ def make_basis(cfg: IntrinsicConfig, flat: FlatParams, dim: int, seed: int, devi
     """The random basis of one point: global or one per layer, seeded by (seed, d)."""
     basis_seed = derive_seed("intrinsic", seed, dim)
     if cfg.per_layer:
-        return per_compartment_basis(cfg.projection, flat.layout(), dim, basis_seed, device=device)
+        return per_compartment_basis(cfg.projection, flat, dim, basis_seed, device=device)
     return random_basis(cfg.projection, flat.numel, dim, basis_seed, device=device)
 
 
@@ -256,27 +256,26 @@ def measure_intrinsic_dim(
             f"unknown projection {cfg.projection!r}; choose one of: {', '.join(RANDOM_KINDS)}"
         )
     if not cfg.dims and not cfg.search:
-        raise LowdimError("give --dims D1,D2,... or --search")
-    if cfg.seeds < 1 or cfg.epochs < 1:
-        raise LowdimError(f"--seeds and --epochs must be >= 1, got {cfg.seeds} and {cfg.epochs}")
-    if cfg.batch_size < 1:
-        raise LowdimError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+        raise BadArgument("dims", "lists no subspace dimension, and no search was asked for")
+    for option in ("seeds", "epochs", "batch_size"):
+        if getattr(cfg, option) < 1:
+            raise BadArgument(option, f"must be >= 1, got {getattr(cfg, option)}")
     check_finite(lr=cfg.lr, baseline_lr=cfg.baseline_lr, beta2=cfg.beta2, l2=cfg.l2)
     check_seed(cfg.seed)
     if cfg.lr is not None:
         check_rates(cfg.lr)
-    check_rates(cfg.baseline_lr, cfg.l2)
+    check_rates(cfg.baseline_lr, cfg.l2, lr_name="baseline_lr", weight_decay_name="l2")
     if not 0 <= cfg.beta2 < 1:
-        raise LowdimError(f"--beta2 {cfg.beta2} is outside the valid range [0, 1)")
+        raise BadArgument("beta2", f"{cfg.beta2} is outside the valid range [0, 1)")
     save_dir = Path(save_dir)
-    resolve_device(cfg.device)  # a bad --device fails here, before anything is written
+    resolve_device(cfg.device)  # a bad device fails here, before anything is written
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed)
     probe = FlatParams(model_for(_sgd_config(cfg, cfg.seed, 1), data, torch.device("cpu")))
     if cfg.lr is None:
         cfg = replace(cfg, lr=1e-3 if len(data.train) >= SMALL_DATA else 0.1)
     bad = [d for d in cfg.dims if not 1 <= d <= probe.numel]
     if bad:
-        raise LowdimError(f"--dims {bad[0]} must be between 1 and D = {probe.numel}")
+        raise BadArgument("dims", f"{bad[0]} must be between 1 and D = {probe.numel}")
     if cfg.per_layer:  # check the per-layer split before anything is written
         make_basis(cfg, probe, min(cfg.dims or [cfg.search_min]), cfg.seed, "cpu")
     run = RunDir(save_dir, asdict(cfg), resume=resume, defaults=asdict(IntrinsicConfig()))

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .. import distributed
-from ..errors import LowdimError, is_int, is_number
+from ..errors import BadArgument, LowdimError, is_int, is_number
 from ..io import atomic_write_json
 
 CONFIG = "config.json"
@@ -170,25 +170,26 @@ class RunDir:
         self.path = Path(path)
         self.config = config
         if self.path.exists() and not self.path.is_dir():
-            raise LowdimError(f"--save-dir {self.path} is a file, not a folder")
+            raise BadArgument("save_dir", f"{self.path} is a file, not a folder")
         parent = next((p for p in self.path.absolute().parents if p.exists()), None)
         if parent is not None and not parent.is_dir():
-            raise LowdimError(f"--save-dir {self.path}: {parent} is a file, not a folder")
+            raise BadArgument("save_dir", f"{self.path}: {parent} is a file, not a folder")
         stored = self.path / CONFIG
         self.resumed = False
         if stored.exists():
             if not resume:
-                raise LowdimError(
-                    f"--save-dir {self.path} already holds a run ({CONFIG}); pass --resume to "
-                    "continue it, or choose another folder"
+                raise BadArgument(
+                    "save_dir",
+                    f"{self.path} already holds a run ({CONFIG}); resume it, or choose "
+                    "another folder",
                 )
             old = read_json_object(stored, "run's options")
             self._check_same_options(old, defaults or {}, may_differ)
             self.resumed = True
         elif self.path.exists() and any(not _leftover(p) for p in self.path.iterdir()):
-            raise LowdimError(
-                f"--save-dir {self.path} is not empty and holds no lowdim run; choose an empty "
-                "or new folder"
+            raise BadArgument(
+                "save_dir",
+                f"{self.path} is not empty and holds no lowdim run; choose an empty or new folder",
             )
 
     def _check_same_options(self, old: dict, defaults: dict, may_differ: tuple[str, ...]) -> None:
@@ -198,19 +199,21 @@ class RunDir:
         began = str(versions.get("lowdim_version", "0")) if isinstance(versions, dict) else "0"
         for key, (since, what) in CHANGED_MEANING.items():
             if key in old and _version_tuple(began) < _version_tuple(since):
-                raise LowdimError(
-                    f"--{key.replace('_', '-')} changed meaning in lowdim {since} ({what}); the "
+                raise BadArgument(
+                    key,
+                    f"changed meaning in lowdim {since} ({what}); the "
                     f"run in {self.path} was begun by lowdim {began}: finish it with that "
-                    "version, or start a new run"
+                    "version, or start a new run",
                 )
         for key in sorted(set(old) | set(self.config)):
             if key.startswith("_") or key in may_differ:
                 continue
             stored = old.get(key, defaults.get(key))
             if stored != self.config.get(key):
-                raise LowdimError(
-                    f"--{key.replace('_', '-')} {self.config.get(key)} differs from the run in "
-                    f"{self.path} ({stored}); resume with the same options"
+                raise BadArgument(
+                    key,
+                    f"{self.config.get(key)} differs from the run in {self.path} ({stored}); "
+                    "resume with the same options",
                 )
 
     @property
@@ -233,8 +236,8 @@ class RunDir:
                 self.path.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(self.path / CONFIG, {**self.config, "_versions": meta})
             except OSError as e:
-                raise LowdimError(
-                    f"--save-dir {self.path} cannot be written: {e.strerror or e}"
+                raise BadArgument(
+                    "save_dir", f"{self.path} cannot be written: {e.strerror or e}"
                 ) from None
             self.config["_versions"] = meta
 

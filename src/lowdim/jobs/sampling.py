@@ -13,15 +13,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from torch import nn
+
 from ..data import Data, load_dataset
-from ..errors import LowdimError, check_finite, check_seed
+from ..errors import BadArgument, check_finite, check_seed
 from ..params import FlatParams
 from ..train import build_optimizer, build_schedule, fit
 from ..train.loop import check_checkpoint_every
-from .common import holdout_split, labels_digest, model_for, resolve_device
+from .common import arch_of, holdout_split, labels_digest, model_for, resolve_device
 from .rundir import RunDir
 
 
@@ -71,19 +73,19 @@ def check_config(cfg: SGDConfig) -> None:
     )
     check_seed(cfg.seed)
     if not 0.0 <= cfg.momentum < 1.0:
-        raise LowdimError(f"--momentum {cfg.momentum} is outside the valid range [0, 1)")
+        raise BadArgument("momentum", f"{cfg.momentum} is outside the valid range [0, 1)")
     if not 0.0 <= cfg.beta2 < 1.0:
-        raise LowdimError(f"--beta2 {cfg.beta2} is outside the valid range [0, 1)")
+        raise BadArgument("beta2", f"{cfg.beta2} is outside the valid range [0, 1)")
     if cfg.epochs <= 0:
-        raise LowdimError(f"--epochs must be a positive integer, got {cfg.epochs}")
+        raise BadArgument("epochs", f"must be a positive integer, got {cfg.epochs}")
     if cfg.batch_size <= 0:
-        raise LowdimError(f"--batch-size must be a positive integer, got {cfg.batch_size}")
+        raise BadArgument("batch_size", f"must be a positive integer, got {cfg.batch_size}")
     if not 0.0 <= cfg.corrupt <= 1.0:
-        raise LowdimError(f"--corrupt {cfg.corrupt} is outside the valid range [0, 1]")
+        raise BadArgument("corrupt", f"{cfg.corrupt} is outside the valid range [0, 1]")
     if cfg.samples_per_epoch < 1:
-        raise LowdimError(f"--samples-per-epoch must be >= 1, got {cfg.samples_per_epoch}")
+        raise BadArgument("samples_per_epoch", f"must be >= 1, got {cfg.samples_per_epoch}")
     if not 0.0 <= cfg.holdout < 1.0:
-        raise LowdimError(f"--holdout {cfg.holdout} is outside the valid range [0, 1)")
+        raise BadArgument("holdout", f"{cfg.holdout} is outside the valid range [0, 1)")
 
 
 def train_sgd(
@@ -93,13 +95,17 @@ def train_sgd(
     resume: bool = False,
     progress: bool = True,
     data: Data | None = None,
+    model: nn.Module | None = None,
     checkpoint_every: int = 0,
 ) -> dict:
     """Train with SGD (or Adam/AdamW) while recording the trajectory; return the summary dict.
 
     Every option is checked, the data loaded and the model built before anything is written to
     `save_dir`. `data` replaces the dataset named in `cfg` (your own tensors, as a
-    `lowdim.data.Data`). With `resume`, a killed run continues from its last checkpoint and
+    `lowdim.data.Data`; its `name` is recorded as the run's dataset) and `model` the zoo's
+    network (your own module, initialised as you built it; its class name is recorded as the
+    run's arch); the later stages (`train_in_subspace`) then take the same `data=` and a
+    freshly built `model=`. With `resume`, a killed run continues from its last checkpoint and
     ends with the same weights as an uninterrupted one (on the CPU; GPU kernels may be
     non-deterministic). `checkpoint_every` N (default 0) also checkpoints after every N steps
     inside an epoch (see `fit`): it changes when a kill loses work, never the result.
@@ -107,6 +113,8 @@ def train_sgd(
     check_config(cfg)
     check_checkpoint_every(checkpoint_every)
     device = resolve_device(cfg.device)
+    # the run records what it trains on, not the names of what it replaced
+    cfg = replace(cfg, dataset=data.name if data else cfg.dataset, arch=arch_of(model, cfg))
     run = RunDir(save_dir, asdict(cfg), resume=resume, defaults=asdict(SGDConfig()))
     if run.finished:
         return run.read_summary()
@@ -118,7 +126,7 @@ def train_sgd(
             corrupt=cfg.corrupt,
             seed=cfg.seed,
         )
-    model = model_for(cfg, data, device)
+    model = model_for(cfg, data, device) if model is None else model.to(device)
     flat = FlatParams(model)
     optimizer = build_optimizer(
         cfg.optimizer,
