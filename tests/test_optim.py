@@ -1,4 +1,3 @@
-import io
 import math
 
 import pytest
@@ -6,8 +5,8 @@ import torch
 from torch import nn
 
 from lowdim.bases import DenseBasis
+from lowdim.errors import LowdimError
 from lowdim.optim import PBFGS, PSGD, PAdamW, armijo_accepts, bfgs_update
-from lowdim.optim.rbd import RBD
 from lowdim.params import FlatParams
 
 
@@ -77,10 +76,11 @@ def in_span(basis, v):
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_psgd_stays_in_the_affine_subspace_and_matches_the_formula(weight_decay):
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_psgd_stays_in_the_affine_subspace_and_matches_the_formula(weight_decay, nesterov):
     net, flat, basis = net_and_basis()
     theta0 = flat.get()
-    opt = PSGD(flat, basis, lr=0.5, momentum=0.9, weight_decay=weight_decay)
+    opt = PSGD(flat, basis, lr=0.5, momentum=0.9, weight_decay=weight_decay, nesterov=nesterov)
     x, y = batch()
     closure = make_closure(net, x, y)
     v = torch.zeros(basis.dim)
@@ -89,11 +89,70 @@ def test_psgd_stays_in_the_affine_subspace_and_matches_the_formula(weight_decay)
         closure()
         gc = basis.project(flat.grad) + weight_decay * basis.project(flat.data)
         v = 0.9 * v + gc
-        expected -= 0.5 * basis.expand(v)
+        expected -= 0.5 * basis.expand(gc + 0.9 * v if nesterov else v)
         opt.step()
         assert torch.allclose(flat.data, expected, atol=1e-5)
+    assert torch.allclose(opt.state[flat.data]["momentum_buffer"], v, atol=1e-6)
     assert in_span(basis, flat.data - theta0) < 1e-5
     assert (flat.data - theta0).norm() > 1e-3
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_padamw_is_adamw_on_the_coordinates(weight_decay):
+    """PAdamW's coordinates are torch.optim.AdamW's on the projected gradients, bit for bit;
+    the weights follow theta_0 + P c, and match AdamW written out by hand."""
+    net, flat, basis = net_and_basis()
+    theta0 = flat.get()
+    lr, (b1, b2), eps = 0.05, (0.9, 0.999), 1e-8
+    opt = PAdamW(flat, basis, lr=lr, weight_decay=weight_decay)
+    c_torch = torch.zeros(basis.dim)
+    adamw = torch.optim.AdamW([c_torch], lr=lr, weight_decay=weight_decay)
+    c, m, v = (torch.zeros(basis.dim, dtype=torch.float64) for _ in range(3))
+    x, y = batch()
+    closure = make_closure(net, x, y)
+    for t in range(1, 6):
+        closure()
+        g = basis.project(flat.grad)
+        c_torch.grad = g.clone()
+        adamw.step()
+        g = g.double()  # AdamW by hand, in float64
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        c = c - lr * (m / (1 - b1**t) / ((v / (1 - b2**t)).sqrt() + eps) + weight_decay * c)
+        opt.step()
+        assert torch.equal(opt.coords, c_torch)
+        assert torch.allclose(opt.coords.double(), c, atol=1e-6)
+        assert torch.allclose(flat.data, theta0 + basis.expand(opt.coords), atol=1e-6)
+    state = opt.state_dict()["state"][0]
+    assert set(state) == {"coords", "step", "exp_avg", "exp_avg_sq"}
+    for key in ("step", "exp_avg", "exp_avg_sq"):
+        assert torch.equal(state[key], adamw.state[c_torch][key])
+
+
+def test_a_loaded_state_adopts_its_hyperparameters_and_keeps_float64_state():
+    """As torch does, `load_state_dict` takes the saved hyperparameters (a schedule's lr, a
+    momentum) with the state; P-BFGS's float64 H comes back float64 in a float32 model."""
+    net, flat, basis = net_and_basis()
+    x, y = batch()
+    opt = PBFGS(flat, basis, sigma=0.1, max_tries=5)
+    opt.step(make_closure(net, x, y))
+    state = opt.state_dict()
+    fresh = PBFGS(flat, basis)
+    fresh.load_state_dict(state)
+    assert fresh.param_groups[0]["sigma"] == 0.1 and fresh.param_groups[0]["max_tries"] == 5
+    assert fresh.state[flat.data]["hessian"].dtype == torch.float64
+    assert torch.equal(fresh.state[flat.data]["hessian"], opt.state[flat.data]["hessian"])
+
+
+def test_a_state_for_another_model_is_refused_naming_the_size():
+    net, flat, basis = net_and_basis()
+    opt = PSGD(flat, basis)
+    other = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3))
+    flat_other = FlatParams(other)
+    q, _ = torch.linalg.qr(torch.randn(flat_other.numel, basis.dim))
+    small = PSGD(flat_other, DenseBasis(q.t().contiguous()))
+    with pytest.raises(LowdimError, match="num_params"):
+        small.load_state_dict(opt.state_dict())
 
 
 def test_pbfgs_minimises_a_quadratic_in_the_subspace():
@@ -223,66 +282,5 @@ def test_pbfgs_counts_one_batchnorm_update_per_step_however_many_trials():
     assert torch.allclose(bn.running_mean, torch.stack(seen).mean(0), atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda flat, basis: PSGD(flat, basis, lr=0.3, momentum=0.9),
-        lambda flat, basis: PBFGS(flat, basis),
-    ],
-)
-def test_state_dict_loads_weights_only_and_resumes_exactly(make):
-    x, y = batch()
-    net, flat, basis = net_and_basis()
-    opt = make(flat, basis)
-    closure = make_closure(net, x, y)
-    for _ in range(3):
-        opt.step(closure)
-    buf = io.BytesIO()
-    torch.save({"opt": opt.state_dict(), "theta": flat.get()}, buf)
-    buf.seek(0)
-    saved = torch.load(buf, weights_only=True)
-    for _ in range(3):
-        opt.step(closure)
-    straight = flat.get()
-
-    net2, flat2, _ = net_and_basis()
-    flat2.set(saved["theta"])
-    opt2 = make(flat2, basis)
-    opt2.load_state_dict(saved["opt"])
-    closure2 = make_closure(net2, x, y)
-    for _ in range(3):
-        opt2.step(closure2)
-    assert torch.equal(flat2.data, straight)
-    assert math.isfinite(closure2().item())
-
-
-FLAT_OPTIMISERS = {
-    "psgd": lambda flat, basis: PSGD(flat, basis, lr=0.1),
-    "pbfgs": lambda flat, basis: PBFGS(flat, basis),
-    "padamw": lambda flat, basis: PAdamW(flat, basis, lr=0.01),
-    "rbd": lambda flat, basis: RBD(flat, 3, 0.1),
-}
-
-
-@pytest.mark.parametrize("name", sorted(FLAT_OPTIMISERS))
-@pytest.mark.parametrize("misuse", ["zero_grad_to_none", "module_moved"])
-def test_a_step_that_would_silently_do_nothing_raises(name, misuse):
-    """Gradients set to None by `model.zero_grad()`, or parameters re-homed by `model.to()`
-    after FlatParams: the step would move nothing (or not the model); it says so instead."""
-    net, flat, basis = net_and_basis()
-    opt = FLAT_OPTIMISERS[name](flat, basis)
-    x, y = batch()
-    if misuse == "module_moved":
-        net.double()
-        x = x.double()
-
-    def closure(backward: bool = True):
-        if backward:
-            net.zero_grad()  # torch's default: gradients to None
-        loss = nn.functional.cross_entropy(net(x), y)
-        if backward:
-            loss.backward()
-        return loss
-
-    with pytest.raises(RuntimeError, match="detached from the flat"):
-        opt.step(closure)
+# Saving, resuming, schedulers, float64, misuse and bad arguments: tests/test_optim_table.py,
+# over every optimiser.

@@ -82,7 +82,7 @@ def test_twa_on_digits_reaches_sgd_and_reports_swa(sgd_run):
 @pytest.mark.parametrize(
     "args, expect",
     [
-        (["--schedule", "cyclic"], "unknown --schedule 'cyclic'"),
+        (["--schedule", "cyclic"], "--schedule 'cyclic' is unknown"),
         (["--params-start", "20"], "snapshot window [20, 11) is outside"),
         (["--lr", "-1"], "--lr must be positive"),
     ],
@@ -166,7 +166,7 @@ def test_twa_v_fits_the_coefficients_on_the_held_out_examples(tmp_path, capsys):
     # A run that held nothing out cannot fit on a held-out part.
     assert main(["train-sgd", "--quiet", "--epochs", "1", "--save-dir", str(tmp_path / "s2")]) == 0
     assert main([*twa.split(), str(tmp_path / "s2")]) == 2
-    assert "needs a train-sgd run with --holdout > 0" in capsys.readouterr().err
+    assert "--fit-on holdout needs a train-sgd run with holdout > 0" in capsys.readouterr().err
     assert not (tmp_path / "s2" / "twa").exists()
 
 

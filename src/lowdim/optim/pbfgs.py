@@ -10,11 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from ..bases import Basis
-from ..errors import LowdimError
+from ..errors import BadArgument, is_int
 from ..params import FlatParams
-from .base import FlatOptimizer, check_rates
+from .base import BasisOptimizer, check_rates
 from .functional import armijo_accepts, bfgs_update
-from .psgd import check_basis
 
 COUNTERS = (
     "steps",
@@ -27,7 +26,7 @@ COUNTERS = (
 )
 
 
-class PBFGS(FlatOptimizer):
+class PBFGS(BasisOptimizer):
     """BFGS on the subspace coordinates, with an Armijo line search on the same minibatch.
 
     One `step(closure)`:
@@ -50,19 +49,22 @@ class PBFGS(FlatOptimizer):
         flat: the model's flat parameters (see `lowdim.FlatParams`).
         basis: P, with `basis.num_params == flat.numel`.
         lr: the first trial step t (default 1.0: the quasi-Newton step).
-        sigma: Armijo constant (default 0.4).
-        shrink: factor between trials (default 0.4).
-        max_tries: trials per search (default 20).
-        curvature_eps: skip the BFGS update unless y^T s exceeds this (default 1e-20).
+        sigma: Armijo constant, in (0, 1) (default 0.4).
+        shrink: factor between trials, in (0, 1) (default 0.4).
+        max_tries: trials per search, >= 1 (default 20).
+        curvature_eps: skip the BFGS update unless y^T s exceeds this, >= 0 (default 1e-20).
         reset_every: reset H to the identity every this many steps (default 0: never; the CLI's
             --reset-every-epoch sets it to the steps per epoch).
-        residual_alpha, residual_gamma: residual momentum (default 0 and 0.9: off).
+        residual_alpha, residual_gamma: residual momentum, alpha >= 0 and gamma in [0, 1)
+            (default 0 and 0.9: off).
         module: the model, whose buffers (BatchNorm running statistics and its batch counter,
             which `momentum=None` averages by) are restored after rejected trials, so a step
             updates them once (default None: no buffers).
 
-    The closure must accept `backward: bool = True` to skip the backward pass in trials;
-    a closure without that argument also works, at the cost of a backward pass per trial.
+    Every argument but `module` is a hyperparameter in `param_groups` (see `FlatOptimizer` for
+    what loading a state does with them). The closure must accept `backward: bool = True` to
+    skip the backward pass in trials; a closure without that argument also works, at the cost
+    of a backward pass per trial.
     """
 
     def __init__(
@@ -79,14 +81,21 @@ class PBFGS(FlatOptimizer):
         residual_gamma: float = 0.9,
         module: nn.Module | None = None,
     ) -> None:
-        check_basis(flat, basis)
         check_rates(lr)
         if not 0 < sigma < 1:
-            raise LowdimError(f"--sigma must be in (0, 1), got {sigma}")
+            raise BadArgument("sigma", f"must be in (0, 1), got {sigma}")
         if not 0 < shrink < 1:
-            raise LowdimError(f"--shrink must be in (0, 1), got {shrink}")
-        if max_tries < 1:
-            raise LowdimError(f"--max-tries must be >= 1, got {max_tries}")
+            raise BadArgument("shrink", f"must be in (0, 1), got {shrink}")
+        if not is_int(max_tries, 1):
+            raise BadArgument("max_tries", f"must be an integer >= 1, got {max_tries!r}")
+        if not 0 <= curvature_eps < math.inf:
+            raise BadArgument("curvature_eps", f"must be >= 0 and finite, got {curvature_eps}")
+        if not is_int(reset_every, 0):
+            raise BadArgument("reset_every", f"must be an integer >= 0, got {reset_every!r}")
+        if not 0 <= residual_alpha < math.inf:
+            raise BadArgument("residual_alpha", f"must be >= 0 and finite, got {residual_alpha}")
+        if not 0 <= residual_gamma < 1:
+            raise BadArgument("residual_gamma", f"must be in [0, 1), got {residual_gamma}")
         defaults = dict(
             lr=lr,
             sigma=sigma,
@@ -97,8 +106,7 @@ class PBFGS(FlatOptimizer):
             residual_alpha=residual_alpha,
             residual_gamma=residual_gamma,
         )
-        super().__init__(flat, defaults)
-        self.basis = basis
+        super().__init__(flat, basis, defaults)
         self.buffers = list(module.buffers()) if module is not None else []
 
     # -- state -------------------------------------------------------------------------------
@@ -124,15 +132,10 @@ class PBFGS(FlatOptimizer):
         state.pop("prev_step", None)
         state["hessian_resets"] += 1
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        # torch casts floating state to the parameters' dtype on load; H and the previous step
-        # and gradient are float64 by design, so put the saved tensors back as they were.
-        saved = dict(next(iter(state_dict["state"].values()), {}))
-        super().load_state_dict(state_dict)
-        state = self.state[self.flat.data]
-        for key, value in saved.items():
-            if torch.is_tensor(value):
-                state[key] = value.to(self.flat.data.device).clone()
+    def _state_dtypes(self) -> dict[str, torch.dtype]:
+        # H and the previous step and gradient are float64 by design (the residual momentum
+        # buffer, a parameter-space vector, is in the model's dtype)
+        return dict.fromkeys(("hessian", "prev_grad", "prev_step"), torch.float64)
 
     # -- the step ----------------------------------------------------------------------------
     @torch.no_grad()
