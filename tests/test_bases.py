@@ -74,7 +74,7 @@ def test_pca_sign_is_deterministic():
 
 @pytest.mark.parametrize("n", [0, 16, 20])
 def test_too_many_components_is_a_clear_error(n):
-    with pytest.raises(LowdimError, match=f"--n-components {n}"):
+    with pytest.raises(LowdimError, match=f"^n_components {n}"):
         pca_of_rows(drifting_rows(t=16, dim=100), n)
 
 

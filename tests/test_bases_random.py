@@ -145,7 +145,7 @@ def test_sparse_density_and_empty_rows():
     # at a tiny density nearly every row draws nothing and gets one seeded nonzero
     tiny = SparseBasis(50, 20, seed=16, density=1e-9)
     assert tiny.nnz == 20 and torch.equal(tiny.matrix.values().abs(), torch.ones(20))
-    with pytest.raises(LowdimError, match="--density 0.0 must be in"):
+    with pytest.raises(LowdimError, match="^density 0.0 must be in"):
         SparseBasis(50, 20, density=0.0)
 
 
@@ -170,8 +170,8 @@ def test_bytes_held_counts_what_each_basis_keeps():
     ("kind", "dim", "message"),
     [
         ("gaussian", 5, "unknown random basis 'gaussian'; choose one of dense, orthogonal"),
-        ("dense", 0, "--dim 0 must be between 1 and D = 100"),
-        ("fastfood", 101, "--dim 101 must be between 1 and D = 100"),
+        ("dense", 0, "^dim 0 must be between 1 and D = 100"),
+        ("fastfood", 101, "^dim 101 must be between 1 and D = 100"),
     ],
 )
 def test_factory_errors_name_the_bad_value(kind, dim, message):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from lowdim.bases import Compartment, compartments_of
 from lowdim.errors import LowdimError
 from lowdim.optim.rbd import RBD, directions
 from lowdim.params import FlatParams
@@ -26,15 +27,19 @@ def loss_of(net):
 def materialised(opt, step, worker=0):
     """The step's P (D x d), regenerated from its keys chunk by chunk."""
     blocks = []
-    for k, (offset, length, rows) in enumerate(opt.compartments):
-        for j in range(-(-rows // opt.chunk_rows)):
-            raw, scale = opt.chunk(step, worker, k, j)
+    for offset, length, child in opt.basis_at(step, worker).blocks:
+        for _, raw, scale in child.chunks():
             full = torch.zeros(len(raw), opt.flat.numel, dtype=raw.dtype)
             full[:, offset : offset + length] = raw * (
                 scale.unsqueeze(-1) if scale.dim() else scale
             )
             blocks.append(full)
     return torch.cat(blocks).t()
+
+
+def first_chunk(opt, step, worker, compartment, index):
+    child = opt.basis_at(step, worker).blocks[compartment][2]
+    return list(child.chunks())[index][1:]
 
 
 @pytest.mark.parametrize(
@@ -70,7 +75,7 @@ def test_a_float64_model_steps_along_the_same_directions_in_float64():
     opt = RBD(flat, 8, lr=0.5, chunk_rows=3)
     _, flat32 = net_and_flat()
     opt32 = RBD(flat32, 8, lr=0.5, chunk_rows=3)
-    assert torch.equal(opt.chunk(0, 0, 0, 1)[0], opt32.chunk(0, 0, 0, 1)[0].double())
+    assert torch.equal(first_chunk(opt, 0, 0, 0, 1)[0], first_chunk(opt32, 0, 0, 0, 1)[0].double())
     p = materialised(opt, 0)
     assert p.dtype == torch.float64  # scaled in float64: within float32's rounding of P
     assert torch.allclose(p, materialised(opt32, 0).double(), rtol=2**-23, atol=0)
@@ -86,7 +91,7 @@ def test_a_float64_model_steps_along_the_same_directions_in_float64():
 def test_a_chunk_regenerated_from_its_key_alone_equals_the_one_used():
     _, flat = net_and_flat()
     opt = RBD(flat, 10, lr=1.0, seed=4, worker=2, chunk_rows=4)
-    used = [raw * scale for _, _, raw, scale in opt._chunks(7, 2)]
+    used = [raw * scale for _, raw, scale in opt.basis_at(7, 2).blocks[0][2].chunks()]
     again = directions(4, 7, 2, 0, 1, 4, flat.numel)
     assert torch.equal(used[1], again)
     other_worker = directions(4, 7, 3, 0, 1, 4, flat.numel)
@@ -126,11 +131,14 @@ def test_distributions_have_unit_variance_and_normalisations(distribution):
 @pytest.mark.parametrize(
     "kwargs, expect",
     [
-        (dict(dim=0), "--dim 0 must be between 1 and D"),
-        (dict(dim=10_000), "--dim 10000 must be between 1 and D"),
-        (dict(dim=4, distribution="cauchy"), "unknown distribution 'cauchy'"),
-        (dict(dim=4, compartments=[(0, 50, 2)]), "compartments must tile"),
-        (dict(dim=4, mode="gossip"), "unknown mode 'gossip'"),
+        (dict(dim=0), "^dim 0 must be between 1 and D = 103"),
+        (dict(dim=10_000), "^dim 10000 must be between 1 and D"),
+        (dict(dim=4, distribution="cauchy"), "^distribution must be one of .*got 'cauchy'"),
+        (dict(dim=4, compartments=[(0, 50, 2)]), "^compartments must tile the parameters"),
+        (dict(dim=4, compartments=[(0, 50, 2), (50, 53, 3)]), "^dim is 4 but .* sum to 5"),
+        (dict(dim=4, mode="gossip"), "^mode must be one of independent, shared"),
+        (dict(dim=4, seed=-3), "^seed must be an integer in"),
+        (dict(dim=4, chunk_rows=0), "^chunk_rows must be an integer >= 1"),
     ],
 )
 def test_bad_input(kwargs, expect):
@@ -166,6 +174,64 @@ def test_state_dict_round_trip_resumes_exactly():
         loss2().backward()
         opt2.step()
     assert torch.equal(flat2.data, flat.data)
+
+
+def test_hyperparameters_are_in_the_state_dict_and_load_with_weights_only():
+    net, flat = net_and_flat()
+    parts = compartments_of(net, "layer", 9, "equal")
+    opt = RBD(flat, None, 0.3, seed=5, distribution="uniform", mode="shared", compartments=parts)
+    opt.zero_grad()
+    loss_of(net)().backward()
+    opt.step()
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    group = saved["param_groups"][0]
+    assert (group["seed"], group["distribution"], group["mode"]) == (5, "uniform", "shared")
+    assert [Compartment(**c) for c in group["compartments"]] == parts == opt.compartments
+    assert group["normalise"] == "sqrt" and group["chunk_rows"] == 64
+    assert opt.dim == 9 and saved["state"][0]["step"] == 1
+
+
+SETTINGS = dict(
+    seed=1,
+    distribution="rademacher",
+    normalise="unit",
+    mode="shared",
+    fixed_basis=True,
+    chunk_rows=3,
+    compartments=[(0, 70, 3), (70, 33, 2)],
+)
+
+
+@pytest.mark.parametrize("key", list(SETTINGS))
+def test_a_state_saved_with_other_directions_is_refused(key):
+    """Loading a state saved under another seed, distribution, ... or compartments would
+    continue its run along other directions: refused, naming the setting, and nothing changes."""
+    _, flat = net_and_flat()
+    saved = RBD(flat, 5, lr=0.3, **{key: SETTINGS[key]}).state_dict()
+    opt = RBD(flat, 5, lr=0.1)
+    before = opt.state_dict()
+    with pytest.raises(LowdimError, match=f"^the RBD state was saved with {key} "):
+        opt.load_state_dict(saved)
+    assert opt.state_dict() == before
+    old = {
+        **saved,
+        "param_groups": [{k: v for k, v in saved["param_groups"][0].items() if k != key}],
+    }
+    with pytest.raises(LowdimError, match=f"^the RBD state has no {key}"):
+        opt.load_state_dict(old)
+
+
+def test_a_state_with_the_same_directions_loads_and_its_lr_is_adopted():
+    _, flat = net_and_flat()
+    named = compartments_of(flat, "param", 5)
+    as_tuples = [(c.offset, c.length, c.dim) for c in named]
+    saved = RBD(flat, 5, lr=0.3, compartments=as_tuples).state_dict()
+    opt = RBD(flat, None, lr=0.1, compartments=named)  # names aside, the same compartments
+    opt.load_state_dict(saved)
+    assert opt.param_groups[0]["lr"] == 0.3
 
 
 def test_redrawn_bases_beat_a_fixed_basis_on_digits():

@@ -7,8 +7,11 @@ intrinsic-dimension sweep.
 
 from .bases import (
     Basis,
+    Compartment,
     DenseBasis,
     PCABasis,
+    RedrawnBasis,
+    compartments_of,
     load_basis,
     pca_of_rows,
     per_compartment_basis,
@@ -41,6 +44,9 @@ __all__ = [
     "load_subspace_model",
     "measure_intrinsic_dim",
     "per_compartment_basis",
+    "Compartment",
+    "RedrawnBasis",
+    "compartments_of",
     "random_basis",
     "save_subspace_model",
     "Basis",

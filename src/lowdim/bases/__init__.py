@@ -2,28 +2,34 @@
 
 from .base import Basis, basis_from_state, expand_differentiable, load_basis
 from .blocks import BlockBasis
+from .compartments import COMPARTMENT_RULES, SPLITS, Compartment, compartments_of, split_dim
 from .dense import DenseBasis
 from .fastfood import FastfoodBasis
 from .gaussian import GaussianBasis
 from .hadamard import fwht
 from .pca import PCABasis, pca_of_rows, trajectory_pca
-from .random import RANDOM_KINDS, compartments, per_compartment_basis, random_basis, split_dim
+from .random import RANDOM_KINDS, per_compartment_basis, random_basis
+from .redrawn import RedrawnBasis, redrawn_basis
 from .span import LayerDeviationBasis, SpanBasis, layer_deviations, span_of_rows, trajectory_span
 from .sparse import SparseBasis
 
 __all__ = [
+    "COMPARTMENT_RULES",
     "RANDOM_KINDS",
+    "SPLITS",
     "Basis",
     "BlockBasis",
+    "Compartment",
     "DenseBasis",
     "FastfoodBasis",
     "GaussianBasis",
     "LayerDeviationBasis",
     "PCABasis",
+    "RedrawnBasis",
     "SpanBasis",
     "SparseBasis",
     "basis_from_state",
-    "compartments",
+    "compartments_of",
     "expand_differentiable",
     "fwht",
     "layer_deviations",
@@ -31,6 +37,7 @@ __all__ = [
     "pca_of_rows",
     "per_compartment_basis",
     "random_basis",
+    "redrawn_basis",
     "span_of_rows",
     "split_dim",
     "trajectory_pca",

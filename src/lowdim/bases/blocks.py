@@ -12,11 +12,14 @@ kind, random or not.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from ..errors import LowdimError
 from .base import Basis, basis_from_state
+from .compartments import Compartment, tiling_problem
 
 
 def _cat(parts: list[Tensor]) -> Tensor:
@@ -51,17 +54,8 @@ class BlockBasis(Basis):
                     f"block {i} has length {length} but its basis acts on "
                     f"{basis.num_params} parameters"
                 )
-        end = 0
-        for offset, length, _ in sorted(self.blocks, key=lambda b: b[0]):
-            if offset < end:
-                problem = f"the block at offset {offset} overlaps the one ending at {end}"
-            elif offset > end:
-                problem = f"parameters {end}..{offset - 1} are in no block"
-            elif length < 1:
-                problem = f"the block at offset {offset} has length {length}"
-            else:
-                end = offset + length
-                continue
+        end, problem = tiling_problem([(o, n) for o, n, _ in self.blocks], "block")
+        if problem is not None:
             raise LowdimError(f"blocks must tile the parameters without gaps or overlap: {problem}")
         self._num_params = end
         self._starts = [0]
@@ -69,6 +63,14 @@ class BlockBasis(Basis):
             self._starts.append(self._starts[-1] + basis.dim)
         # expand concatenates the children's results in parameter order
         self._by_offset = sorted(range(len(self.blocks)), key=lambda i: self.blocks[i][0])
+
+    @classmethod
+    def from_compartments(
+        cls, compartments: list[Compartment], child: Callable[[int, Compartment], Basis]
+    ) -> BlockBasis:
+        """One block per compartment (with dims, see `compartments_of`), its basis
+        `child(i, compartment)` for the i-th: how every kind is composed into compartments."""
+        return cls([(c.offset, c.length, child(i, c)) for i, c in enumerate(compartments)])
 
     @property
     def num_params(self) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..errors import LowdimError
+from ..errors import BadArgument, LowdimError
 from ..seeding import generator
 from .base import Basis
 from .dense import DenseBasis
@@ -34,11 +34,11 @@ BLOCK_ENTRIES = 1 << 22
 
 
 def check_dims(num_params: int, dim: int) -> None:
-    """LowdimError unless 1 <= dim <= num_params (the command line's --dim)."""
+    """LowdimError unless 1 <= dim <= num_params (`BadArgument` "dim" if `dim` is not)."""
     if num_params < 1:
         raise LowdimError(f"a basis needs at least one parameter, got D = {num_params}")
     if not 1 <= dim <= num_params:
-        raise LowdimError(f"--dim {dim} must be between 1 and D = {num_params}")
+        raise BadArgument("dim", f"{dim} must be between 1 and D = {num_params}")
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import LowdimError
+from ..errors import BadArgument, LowdimError
 from ..trajectory import Trajectory, WindowChecks
 from .dense import DenseBasis
 
@@ -112,9 +112,10 @@ def pca_of_rows(
         matrix = matrix.detach().cpu().numpy()
     t, num_params = matrix.shape
     if not 1 <= n_components <= t - 1:
-        raise LowdimError(
-            f"--n-components {n_components} is not possible with {t} snapshots: "
-            f"centred PCA of t snapshots gives at most t - 1 = {t - 1} components"
+        raise BadArgument(
+            "n_components",
+            f"{n_components} is not possible with {t} snapshots: "
+            f"centred PCA of t snapshots gives at most t - 1 = {t - 1} components",
         )
     block_cols = max(1, min(num_params, BLOCK_BYTES // (8 * t)))
     gram = torch.empty(t, t, dtype=torch.float64)
@@ -153,9 +154,10 @@ def pca_of_rows(
     # Directions with (numerically) zero variance have no defined v_i = X^T u_i / s_i.
     rank = int((evals > evals[0] * t * 1e-13).sum()) if evals[0] > 0 else 0
     if rank < n_components:
-        raise LowdimError(
-            f"--n-components {n_components}: the snapshots span only {rank} directions "
-            "(repeated or constant snapshots?); ask for fewer components or a wider window"
+        raise BadArgument(
+            "n_components",
+            f"{n_components}: the snapshots span only {rank} directions (repeated or constant "
+            "snapshots?); ask for fewer components or a wider window",
         )
     s = top.sqrt()
     # Fix each direction's sign (eigh's is arbitrary): the largest |u| entry is positive.

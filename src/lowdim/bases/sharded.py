@@ -82,6 +82,11 @@ class ShardedBasis(Basis):
     def tensors(self) -> dict[str, Tensor]:
         return self.local.tensors()
 
+    def save(self, path, *, layout=None) -> None:
+        """Refused: the inherited save would write this process's rows under no kind, a file
+        that `load_basis` cannot read (and only a part of P where there are several)."""
+        raise LowdimError("a sharded basis is rebuilt by each process, not saved to a file")
+
     def bytes_held(self) -> int:
         """Bytes of P this process holds: about 1/R of the whole."""
         return self.local.bytes_held()

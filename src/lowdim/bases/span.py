@@ -9,8 +9,8 @@ from torch import Tensor
 from ..errors import LowdimError
 from .base import Basis
 from .blocks import BlockBasis
+from .compartments import compartments_of
 from .dense import DenseBasis
-from .random import compartments
 
 
 class SpanBasis(DenseBasis):
@@ -113,7 +113,8 @@ def layer_deviations(
     w = torch.as_tensor(matrix).to(torch.float64)
     mean = w.mean(0)
     blocks = []
-    for _, offset, length in compartments(layout, "layer"):
+    for part in compartments_of(layout, "layer"):
+        offset, length = part.offset, part.length
         dev = w[:, offset : offset + length] - mean[offset : offset + length]
         norms = dev.norm(dim=1)
         keep = norms > 1e-12 * max(1.0, float(mean[offset : offset + length].norm()))

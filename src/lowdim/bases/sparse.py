@@ -29,7 +29,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from ..errors import LowdimError
+from ..errors import BadArgument, LowdimError
 from ..seeding import generator
 from .gaussian import SeededBasis, check_chunk_rows, check_dims, dtype_name, parse_dtype
 
@@ -124,7 +124,7 @@ class SparseBasis(SeededBasis):
         check_dims(num_params, dim)
         density = default_density(dim) if density is None else float(density)
         if not 0.0 < density <= 1.0:
-            raise LowdimError(f"--density {density} must be in (0, 1]")
+            raise BadArgument("density", f"{density} must be in (0, 1]")
         dtype = parse_dtype(dtype_name(dtype))
         chunk_rows = check_chunk_rows(chunk_rows, num_params)
         rows, cols, signs = [], [], []

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .. import distributed
-from ..bases.random import compartments, split_dim
+from ..bases.compartments import SPLITS, Compartment, compartments_of
 from ..data import load_dataset
 from ..errors import LowdimError, check_seed
 from ..optim.rbd import DISTRIBUTIONS, RBD
@@ -23,7 +23,6 @@ from .rundir import RunDir
 from .sampling import SGDConfig
 
 COMPARTMENT_RULES = ("none", "layer", "param", "chunk")
-SPLITS = ("size", "equal", "each")
 
 
 @dataclass
@@ -53,11 +52,11 @@ class RBDConfig:
     device: str | None = None
 
 
-def rbd_compartments(cfg: RBDConfig, flat: FlatParams) -> list[tuple[int, int, int]]:
-    """(offset, length, d_k) blocks: one over all of theta, or one per layer, per parameter
-    tensor, or per chunk of `chunk_size` parameters. `split`: "size" gives the blocks d in
-    proportion to their sizes, "equal" in equal shares (both: d in all), "each" gives every
-    block d directions (d x blocks in all, each capped at its size)."""
+def rbd_compartments(cfg: RBDConfig, flat: FlatParams) -> list[Compartment]:
+    """The compartments of `compartments_of`: one over all of theta ("none"), or one per
+    layer, per parameter tensor, or per chunk of `chunk_size` parameters, with d split by
+    `split`: "size" in proportion to their sizes, "equal" in equal shares (both: d in all),
+    "each" d for every compartment (d x blocks in all, each capped at its size)."""
     if cfg.compartments not in COMPARTMENT_RULES:
         raise LowdimError(
             f"unknown --compartments {cfg.compartments!r}; choose one of: "
@@ -72,15 +71,8 @@ def rbd_compartments(cfg: RBDConfig, flat: FlatParams) -> list[tuple[int, int, i
         )
     if not 1 <= cfg.dim <= flat.numel:
         raise LowdimError(f"--dim {cfg.dim} must be between 1 and D = {flat.numel}")
-    if cfg.compartments == "none":
-        return [(0, flat.numel, cfg.dim)]
-    groups = compartments(flat.layout(), cfg.compartments, chunk=cfg.chunk_size or None)
-    sizes = [n for _, _, n in groups]
-    if cfg.split == "each":
-        dims = [min(cfg.dim, n) for n in sizes]
-    else:
-        dims = split_dim(cfg.dim, sizes, "proportional" if cfg.split == "size" else "equal")
-    return [(offset, n, k) for (_, offset, n), k in zip(groups, dims, strict=True)]
+    by = "all" if cfg.compartments == "none" else cfg.compartments
+    return compartments_of(flat, by, cfg.dim, cfg.split, cfg.chunk_size or None)
 
 
 def train_rbd(
@@ -112,7 +104,7 @@ def train_rbd(
     blocks = rbd_compartments(cfg, flat)
     optimizer = RBD(
         flat,
-        cfg.dim,
+        None,  # the compartments carry their dims
         cfg.lr,
         seed=cfg.seed,
         distribution=cfg.distribution,
@@ -156,7 +148,7 @@ def train_rbd(
         "arch": cfg.arch,
         **result.metrics(),
         "num_params": flat.numel,
-        "subspace_dim": sum(k for _, _, k in blocks),
+        "subspace_dim": optimizer.dim,
         "snapshots": 0,
         "corrupt": 0.0,
         "effective_noise_rate": 0.0,

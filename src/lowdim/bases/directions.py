@@ -1,0 +1,170 @@
+"""RBD's random directions: chunks R_j drawn from counter-based keys, each a pure function
+of (seed, step, worker, compartment, chunk) and of the device type (CPU and CUDA generators
+give different streams), so any chunk can be regenerated alone, by any worker, in any order.
+
+Entries have unit variance: N(0, 1), U(-sqrt 3, sqrt 3) or +-1 ("gaussian", "uniform",
+"rademacher"), drawn in float32 on the device from generator("rbd", seed, step, worker,
+compartment, chunk). Each row is scaled by s: 1 / sqrt(length) ("sqrt", the paper's: unit
+norm in expectation) or 1 / its norm ("unit"). `RedrawnBasis` (redrawn.py) is the basis they
+make; `DirectionChunks` serves them to it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cache
+
+import torch
+from torch import Tensor
+
+from ..errors import BadArgument, check_seed, is_int
+from ..seeding import generator
+from .gaussian import dtype_name, parse_dtype
+
+DISTRIBUTIONS = ("gaussian", "uniform", "rademacher")
+NORMALISATIONS = ("sqrt", "unit")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """BadArgument(name) unless `value` is one of `choices`."""
+    if value not in choices:
+        raise BadArgument(name, f"must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _raw(seed, step, worker, compartment, chunk, rows, length, distribution, device) -> Tensor:
+    """Unit-variance entries of one chunk, drawn on `device` from the chunk's own generator."""
+    g = generator("rbd", seed, step, worker, compartment, chunk, device=device)
+    if distribution == "gaussian":
+        return torch.randn(rows, length, generator=g, device=device)
+    if distribution == "uniform":
+        out = torch.rand(rows, length, generator=g, device=device)
+        return out.mul_(2 * math.sqrt(3)).sub_(math.sqrt(3))
+    if distribution == "rademacher":
+        out = torch.empty(rows, length, device=device).bernoulli_(0.5, generator=g)
+        return out.mul_(2).sub_(1)
+    raise BadArgument(
+        "distribution", f"must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}"
+    )
+
+
+def _scale(raw: Tensor, normalise: str) -> Tensor:
+    """s: the factor per direction (a 0-dim tensor or a (rows,) one) normalising raw's rows."""
+    if normalise == "sqrt":
+        return torch.tensor(1 / math.sqrt(raw.shape[1]), device=raw.device)
+    if normalise == "unit":
+        return raw.norm(dim=1).reciprocal_()
+    raise BadArgument("normalise", f"must be one of {', '.join(NORMALISATIONS)}, got {normalise!r}")
+
+
+def directions(
+    seed: int,
+    step: int,
+    worker: int,
+    compartment: int,
+    chunk: int,
+    rows: int,
+    length: int,
+    *,
+    distribution: str = "gaussian",
+    normalise: str = "sqrt",
+    device="cpu",
+) -> Tensor:
+    """s * R_j: chunk `chunk` of the directions of compartment `compartment` at `step` for
+    `worker`, a (rows, length) float32 tensor (see the module doc; distribution defaults to
+    "gaussian", normalise to "sqrt", device to "cpu")."""
+    raw = _raw(seed, step, worker, compartment, chunk, rows, length, distribution, device)
+    scale = _scale(raw, normalise)
+    return raw.mul_(scale.unsqueeze(-1) if scale.dim() else scale)
+
+
+@cache
+def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
+    """One long-lived pool per thread count and process (a forked child gets its own: the
+    parent's threads do not exist there). torch releases the GIL while it generates."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="lowdim-directions")
+
+
+class DirectionChunks:
+    """(R_j, s) of every chunk of a step's compartments, in key order (compartment, chunk),
+    drawn on settings' device and cast to its dtype.
+
+    Args:
+        settings: the shared key and options, from `redrawn_settings`.
+        parts: (compartment key k, length n_k, directions d_k) for each position.
+        threads: generator threads on the CPU (None: torch.get_num_threads()). Asking for
+            chunk i also submits chunks i + 1 ... i + threads to a pool, so the next ones
+            (of this compartment or the next) are drawn while this one is used.
+        keep: hold every chunk once drawn (d x D numbers) instead of drawing it again.
+    """
+
+    def __init__(self, settings: dict, parts: list[tuple[int, int, int]], threads, keep):
+        self.settings, self.parts, self.keep = settings, parts, bool(keep)
+        self.first, self.keys = [], []
+        for position, (_, _, rows) in enumerate(parts):
+            self.first.append(len(self.keys))
+            self.keys += [(position, j) for j in range(-(-rows // settings["chunk_rows"]))]
+        self.threads = torch.get_num_threads() if threads is None else int(threads)
+        cpu = torch.device(settings["device"]).type == "cpu"
+        self.ahead = self.threads if cpu and self.threads > 1 and len(self.keys) > 1 else 0
+        self.pending: dict[int, Future] = {}
+        self.kept: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def _make(self, i: int) -> tuple[Tensor, Tensor]:
+        position, j = self.keys[i]
+        compartment, length, rows = self.parts[position]
+        s = self.settings
+        start = j * s["chunk_rows"]
+        raw = _raw(
+            s["seed"],
+            s["step"],
+            s["worker"],
+            compartment,
+            j,
+            min(s["chunk_rows"], rows - start),
+            length,
+            s["distribution"],
+            s["device"],
+        )
+        scale = _scale(raw, s["normalise"])
+        dtype = s["dtype"]
+        return raw.to(dtype), scale.to(dtype)
+
+    def get(self, position: int, j: int) -> tuple[Tensor, Tensor]:
+        """(R_j, s) of chunk j of the compartment at `position`."""
+        i = self.first[position] + j
+        if i in self.kept:
+            return self.kept[i]
+        if self.ahead:
+            for n in range(i, min(i + self.ahead + 1, len(self.keys))):
+                if n not in self.pending and n not in self.kept:
+                    self.pending[n] = _pool(self.ahead, os.getpid()).submit(self._make, n)
+            out = self.pending.pop(i).result()
+        else:
+            out = self._make(i)
+        if self.keep:
+            self.kept[i] = out
+        return out
+
+
+def redrawn_settings(seed, step, worker, distribution, normalise, chunk_rows, device, dtype):
+    """The key and options every redrawn chunk of a step shares, checked."""
+    check_seed(seed)
+    for name, value in (("step", step), ("worker", worker)):
+        if not is_int(value, 0):
+            raise BadArgument(name, f"must be an integer >= 0, got {value!r}")
+    check_choice("distribution", distribution, DISTRIBUTIONS)
+    check_choice("normalise", normalise, NORMALISATIONS)
+    if not is_int(chunk_rows, 1):
+        raise BadArgument("chunk_rows", f"must be an integer >= 1, got {chunk_rows!r}")
+    return {
+        "seed": seed,
+        "step": step,
+        "worker": worker,
+        "distribution": distribution,
+        "normalise": normalise,
+        "chunk_rows": chunk_rows,
+        "device": torch.device(device),
+        "dtype": parse_dtype(dtype_name(dtype)),
+    }
