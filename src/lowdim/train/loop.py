@@ -278,9 +278,9 @@ class _Steps:
             total = None
             stash = not first
             for batch in micro:
-                share = count(batch) / n
-                if not share:  # this process's empty share of a short last batch
+                if not count(batch):  # this process's empty share of a short last batch
                     continue
+                share = count(batch) / n
                 with torch.set_grad_enabled(backward):
                     data_loss, hits = forward_loss(self.model, batch, self.loss_fn)
                     data_loss = data_loss * share
