@@ -21,7 +21,7 @@ from torch.func import functional_call
 from .bases.base import Basis, expand_differentiable
 from .bases.random import per_compartment_basis, random_basis
 from .errors import LowdimError
-from .params import layout_of, param_specs, trainable_parameters
+from .params import param_specs, trainable_parameters
 
 
 class SubspaceModel(nn.Module):
@@ -74,17 +74,18 @@ class SubspaceModel(nn.Module):
         seed: int = 0,
         *,
         compartments: str | None = None,
-        split: str = "proportional",
-        chunk: int | None = None,
+        split: str = "size",
+        chunk_size: int | None = None,
         store_tensors: bool = False,
     ) -> SubspaceModel:
         """`module` reparametrised through a random basis made for it (D read from the module).
 
         kind: "dense", "orthogonal", "sparse" or "fastfood" (default; O(D) memory); dim: d
         (default 100), or with `compartments` one d per compartment; seed: the basis seed
-        (default 0). compartments: None (default: one global basis), "layer", "param" or
-        "chunk" (of `chunk` parameters): one independent basis per compartment, d split over
-        them by `split` ("proportional" to their sizes, default, or "equal"). The basis is
+        (default 0). compartments: None (default: one global basis), or the rule of
+        `lowdim.bases.compartments_of` ("all", "layer", "param", or "chunk" of `chunk_size`
+        parameters): one independent basis per compartment, d split over them by `split`
+        ("size", default, "equal" or "each"). The basis is
         built on the module's device and dtype; `store_tensors` (default False) makes `save`
         write its tensors too, not only its seed (generator streams differ between devices and
         library versions).
@@ -98,9 +99,15 @@ class SubspaceModel(nn.Module):
                 raise LowdimError(f"dim: one number without compartments, got {dim!r}")
             basis = random_basis(kind, num_params, dim, seed, **options)
         else:
-            layout = layout_of(param_specs(named))
             basis = per_compartment_basis(
-                kind, layout, dim, seed, rule=compartments, split=split, chunk=chunk, **options
+                kind,
+                module,
+                dim,
+                seed,
+                by=compartments,
+                split=split,
+                chunk_size=chunk_size,
+                **options,
             )
         # the kinds draw float32; a float64 model gets the same directions in float64
         return cls(module, basis if first.dtype == torch.float32 else basis.to(dtype=first.dtype))

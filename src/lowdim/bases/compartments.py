@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from ..errors import BadArgument
-from ..params import FlatParams
+from ..params import FlatParams, param_specs, trainable_parameters
 
 COMPARTMENT_RULES = ("all", "layer", "param", "chunk")
 SPLITS = ("size", "equal", "each")
@@ -91,13 +91,8 @@ def _entries(source) -> list[tuple[str, int, int]]:
     `FlatParams.layout()` gives, contiguous and in order)."""
     if isinstance(source, FlatParams):
         return [(s.name, s.offset, s.numel) for s in source.specs]
-    if isinstance(source, nn.Module):
-        entries, end = [], 0
-        for name, p in source.named_parameters():
-            if p.requires_grad:
-                entries.append((name, end, p.numel()))
-                end += p.numel()
-        return entries
+    if isinstance(source, nn.Module):  # theta's parameters, read without re-homing them
+        return [(s.name, s.offset, s.numel) for s in param_specs(trainable_parameters(source))]
     if not isinstance(source, (list, tuple)):
         raise BadArgument(
             "source", f"must be an nn.Module, a FlatParams or a layout, got {type(source).__name__}"
