@@ -99,10 +99,15 @@ def arch_help() -> str:
     return f"one of: {', '.join(available_archs())}"
 
 
-def add_data_options(p: argparse.ArgumentParser) -> None:
+def add_data_options(
+    p: argparse.ArgumentParser, *, dataset: str = "digits", labels: bool = True
+) -> None:
+    """--dataset (default `dataset`), --data-dir and, with `labels`, --download and --corrupt."""
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="digits", metavar="NAME", help=DATASET_HELP)
+    g.add_argument("--dataset", default=dataset, metavar="NAME", help=DATASET_HELP)
     g.add_argument("--data-dir", default=None, metavar="DIR", help=DATA_DIR_HELP)
+    if not labels:
+        return
     g.add_argument(
         "--download",
         action="store_true",
@@ -117,9 +122,10 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
+def add_model_options(p: argparse.ArgumentParser, *, arch: str = "mlp") -> None:
+    """--arch (default `arch`) and --hidden."""
     g = p.add_argument_group("model")
-    g.add_argument("--arch", default="mlp", metavar="NAME", help=arch_help())
+    g.add_argument("--arch", default=arch, metavar="NAME", help=arch_help())
     g.add_argument("--hidden", type=int_list, default=None, metavar="W1,W2", help=HIDDEN_HELP)
 
 

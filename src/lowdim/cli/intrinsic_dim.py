@@ -15,10 +15,9 @@ from ..jobs.intrinsic import IntrinsicConfig, measure_intrinsic_dim
 from ..train import evaluate
 from .common import (
     DATA_DIR_HELP,
-    DATASET_HELP,
-    HIDDEN_HELP,
+    add_data_options,
+    add_model_options,
     add_session_options,
-    arch_help,
     finite_float,
     int_list,
 )
@@ -30,10 +29,8 @@ def add_parser(sub) -> None:
     d = IntrinsicConfig()
     # argparse reads a help text as a %-format: the one % is doubled there, not in the description
     p = sub.add_parser("intrinsic-dim", help=HELP.replace("%", "%%"), description=HELP)
-    p.add_argument("--dataset", default=d.dataset, metavar="NAME", help=DATASET_HELP)
-    p.add_argument("--data-dir", default=None, metavar="DIR", help=DATA_DIR_HELP)
-    p.add_argument("--arch", default=d.arch, metavar="NAME", help=arch_help())
-    p.add_argument("--hidden", type=int_list, default=None, metavar="W1,W2", help=HIDDEN_HELP)
+    add_data_options(p, dataset=d.dataset, labels=False)
+    add_model_options(p, arch=d.arch)
     p.add_argument("--projection", default=d.projection, help=f"one of: {', '.join(RANDOM_KINDS)}")
     p.add_argument(
         "--per-layer",

@@ -8,13 +8,10 @@ from dataclasses import fields
 from ..jobs.random_bases import COMPARTMENT_RULES, SPLITS, RBDConfig, train_rbd
 from ..optim.rbd import DISTRIBUTIONS, MODES, NORMALISATIONS
 from .common import (
-    DATA_DIR_HELP,
-    DATASET_HELP,
-    HIDDEN_HELP,
+    add_data_options,
+    add_model_options,
     add_session_options,
-    arch_help,
     finite_float,
-    int_list,
     print_result,
 )
 
@@ -24,10 +21,8 @@ HELP = "train with random bases descent: d fresh random directions every step"
 def add_parser(sub) -> None:
     d = RBDConfig()
     p = sub.add_parser("rbd", help=HELP, description=HELP)
-    p.add_argument("--dataset", default=d.dataset, metavar="NAME", help=DATASET_HELP)
-    p.add_argument("--data-dir", default=None, metavar="DIR", help=DATA_DIR_HELP)
-    p.add_argument("--arch", default=d.arch, metavar="NAME", help=arch_help())
-    p.add_argument("--hidden", type=int_list, default=None, metavar="W1,W2", help=HIDDEN_HELP)
+    add_data_options(p, dataset=d.dataset, labels=False)
+    add_model_options(p, arch=d.arch)
     p.add_argument("--dim", type=int, default=d.dim, help="directions per step")
     p.add_argument(
         "--compartments",

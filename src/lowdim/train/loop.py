@@ -73,7 +73,8 @@ def evaluate(
             loss, hits = forward_loss(model, batch, loss_fn)
             totals[0] += loss.double() * n
             if hits is not None:
-                totals[1:3] += torch.stack([hits, torch.tensor(n, device=hits.device)]).to(totals)
+                totals[1] += hits
+                totals[2] += n
             totals[3] += n
     model.train(was_training)
     loss, hits, scored, n = distributed.all_reduce_sum(totals).tolist()
