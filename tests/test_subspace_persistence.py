@@ -112,3 +112,13 @@ def test_a_float64_module_gets_a_float64_basis():
     model = SubspaceModel.random(build(0).double(), "fastfood", 8)
     assert model.coords.dtype == torch.float64
     assert model(X.double()).dtype == torch.float64
+
+
+def test_a_refused_module_is_left_as_it_was(tmp_path):
+    trained().save(tmp_path / "seeds")
+    other = build(1)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(LowdimError, match="anchor digest differs"):
+        SubspaceModel.load(other, tmp_path / "seeds")
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+    assert all(p.requires_grad for p in other.head.parameters())

@@ -120,12 +120,14 @@ def save_subspace(
         "weights_sha256": weights_digest(model.export()),
     }
     path = Path(path)
-    if path.suffix != ".safetensors":
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path / CONFIG_FILE, {"format": FORMAT, **meta})
-        path = path / FILE
     encoded = {k: v if k in TEXT else json.dumps(v) for k, v in meta.items()}
-    save_tensors(path, tensors, metadata={"format": FORMAT, **encoded})
+    if path.suffix == ".safetensors":
+        save_tensors(path, tensors, metadata={"format": FORMAT, **encoded})
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    # the file the loader reads first; the readable copy of its metadata after it
+    save_tensors(path / FILE, tensors, metadata={"format": FORMAT, **encoded})
+    atomic_write_json(path / CONFIG_FILE, {"format": FORMAT, **meta})
 
 
 def read_subspace(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -189,6 +191,20 @@ def load_subspace(
         raise LowdimError(
             f"{path} was saved from another architecture (its parameter layout differs)"
         )
+    # What the subspace is attached to, checked before the module is touched: the stored
+    # anchor and frozen parameters where the file has them, else the module's own.
+    theta = {n for n, _ in named}
+    frozen = {n: p.detach() for n, p in module.named_parameters() if n not in theta}
+    frozen |= _part(tensors, "frozen.")
+    anchor = tensors.get("anchor")
+    if anchor is None:
+        anchor = torch.cat([p.detach().reshape(-1) for _, p in named])
+    if "anchor_sha256" in meta and anchor_digest(anchor, frozen) != meta["anchor_sha256"]:
+        raise LowdimError(
+            f"{path}: the module's parameters are not the anchor the model was trained from (the "
+            "anchor digest differs); build it as it was built then (same seed or pretrained "
+            "weights), or save with store_anchor=True"
+        )
     try:
         with torch.random.fork_rng(devices=[]):  # no basis kind may disturb the caller's stream
             basis = basis_from_state(
@@ -205,9 +221,8 @@ def load_subspace(
         module.load_state_dict({**module.state_dict(), **_part(tensors, "buffer.")})
         if device is not None:
             module = module.to(device)
-        anchor = tensors.get("anchor")
         sub = SubspaceModel(
-            module, basis.to(device) if device is not None else basis, anchor=anchor
+            module, basis.to(device) if device is not None else basis, anchor=tensors.get("anchor")
         )
         with torch.no_grad():
             sub.coords.copy_(tensors["coords"])
@@ -218,12 +233,6 @@ def load_subspace(
         raise LowdimError(
             f"{path} does not rebuild a network ({type(e).__name__}: {why})"
         ) from None
-    if "anchor_sha256" in meta and anchor_digest(sub.anchor, _frozen(sub)) != meta["anchor_sha256"]:
-        raise LowdimError(
-            f"{path}: the module's parameters are not the anchor the model was trained from (the "
-            "anchor digest differs); build it as it was built then (same seed or pretrained "
-            "weights), or save with store_anchor=True"
-        )
     if meta["format"] == OLDER_FORMATS[1]:
         warnings.warn(
             f"{path} predates weight digests; nothing checks that it rebuilds the trained network",
