@@ -12,9 +12,7 @@ make; `DirectionChunks` serves them to it.
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import cache
 
 import torch
 from torch import Tensor
@@ -79,13 +77,6 @@ def directions(
     return raw.mul_(scale.unsqueeze(-1) if scale.dim() else scale)
 
 
-@cache
-def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
-    """One long-lived pool per thread count and process (a forked child gets its own: the
-    parent's threads do not exist there). torch releases the GIL while it generates."""
-    return ThreadPoolExecutor(threads, thread_name_prefix="lowdim-directions")
-
-
 class DirectionChunks:
     """(R_j, s) of every chunk of a step's compartments, in key order (compartment, chunk),
     drawn on settings' device and cast to its dtype.
@@ -95,7 +86,9 @@ class DirectionChunks:
         parts: (compartment key k, length n_k, directions d_k) for each position.
         threads: generator threads on the CPU (None: torch.get_num_threads()). Asking for
             chunk i also submits chunks i + 1 ... i + threads to a pool, so the next ones
-            (of this compartment or the next) are drawn while this one is used.
+            (of this compartment or the next) are drawn while this one is used. The pool lives
+            for one pass over the chunks and is shut down (its threads joined) when the last
+            chunk is taken: no generator thread outlives the product that needed it.
         keep: hold every chunk once drawn (d x D numbers) instead of drawing it again.
     """
 
@@ -109,6 +102,7 @@ class DirectionChunks:
         cpu = torch.device(settings["device"]).type == "cpu"
         self.ahead = self.threads if cpu and self.threads > 1 and len(self.keys) > 1 else 0
         self.pending: dict[int, Future] = {}
+        self.pool: ThreadPoolExecutor | None = None
         self.kept: dict[int, tuple[Tensor, Tensor]] = {}
 
     def _make(self, i: int) -> tuple[Tensor, Tensor]:
@@ -137,10 +131,15 @@ class DirectionChunks:
         if i in self.kept:
             return self.kept[i]
         if self.ahead:
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(self.ahead, thread_name_prefix="lowdim-directions")
             for n in range(i, min(i + self.ahead + 1, len(self.keys))):
                 if n not in self.pending and n not in self.kept:
-                    self.pending[n] = _pool(self.ahead, os.getpid()).submit(self._make, n)
+                    self.pending[n] = self.pool.submit(self._make, n)
             out = self.pending.pop(i).result()
+            if not self.pending:  # the pass is over: join its threads
+                self.pool.shutdown(wait=True)
+                self.pool = None
         else:
             out = self._make(i)
         if self.keep:
