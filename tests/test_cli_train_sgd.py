@@ -97,7 +97,8 @@ def test_a_folder_holding_a_run_is_refused_without_resume(tmp_path, capsys):
     assert run_cli("--epochs", 2, "--save-dir", save) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert run_cli("--epochs", 2, "--save-dir", save, "--resume") == 2
-    assert "--epochs 2 differs" in capsys.readouterr().err
+    assert "--epochs differs from the run in " in (err := capsys.readouterr().err)
+    assert "(begun with --epochs 1, now --epochs 2)" in err
     assert (save / "summary.json").read_bytes() == before
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")

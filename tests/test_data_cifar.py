@@ -130,7 +130,7 @@ def test_cifar_missing_folder_message(tmp_path, clean_env):
         load_dataset("cifar100", data_dir=tmp_path)
     msg = str(e.value)
     assert msg.startswith(f"no CIFAR-100 batches in {tmp_path}, {tmp_path}/cifar-100-python")
-    assert "\n" not in msg and msg.endswith("--download")
+    assert "\n" not in msg and msg.endswith("or download=True")
 
 
 def test_truncated_pickle_is_rejected(tmp_path, clean_env):

@@ -159,7 +159,7 @@ def test_missing_folder_message(tmp_path, clean_env):
     assert "\n" not in msg and msg.startswith("no MNIST files in ")
     assert str(tmp_path / "nope") in msg and "$LOWDIM_DATA unset" in msg
     assert "train-images-idx3-ubyte[.gz]" in msg and "t10k-labels-idx1-ubyte[.gz]" in msg
-    assert msg.endswith("pass --data-dir, set LOWDIM_DATA, or --download")
+    assert msg.endswith("pass data_dir, set LOWDIM_DATA, or download=True")
 
 
 def test_partial_folder_says_what_is_missing(tmp_path, clean_env):
@@ -224,7 +224,7 @@ def serve(tmp_path: Path, monkeypatch, md5_override: dict | None = None) -> Path
 
 def test_download_from_mirror(tmp_path, clean_env, monkeypatch):
     serve(tmp_path, monkeypatch)
-    with pytest.raises(LowdimError, match="--download"):
+    with pytest.raises(LowdimError, match="download=True"):
         load_fake(data_dir=tmp_path / "dl")
     data = load_fake(data_dir=tmp_path / "dl", download=True)
     assert len(data.train) == 50

@@ -118,7 +118,7 @@ def test_corrupt_image_is_a_one_line_error(tree):
 
 
 def test_folder_errors(tmp_path):
-    with pytest.raises(LowdimError, match="needs --data-dir"):
+    with pytest.raises(LowdimError, match="needs data_dir pointing"):
         load_dataset("imagefolder")
     with pytest.raises(LowdimError, match="needs train/<class>/ and val/<class>/"):
         load_dataset("imagefolder", data_dir=tmp_path)

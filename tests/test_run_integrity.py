@@ -108,7 +108,7 @@ def test_a_run_from_before_an_option_existed_resumes_with_its_default(runs, tmp_
     assert main([*sgd, "--save-dir", str(root / "sgd")]) == 0
     # ... but not with another value than the default it stands for
     (root / "sgd/summary.json").unlink()
-    with pytest.raises(LowdimError, match="^holdout 0.1 differs"):
+    with pytest.raises(LowdimError, match=r"^holdout differs .*now holdout=0.1\)"):
         lowdim.jobs.rundir.RunDir(
             root / "sgd",
             {**config, "holdout": 0.1},

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .bases.base import basis_from_state
+from .bases.base import basis_from_state, no_saved_form
 from .errors import LowdimError
 from .io import atomic_write_json, read_tensors, save_tensors, tensors_digest
 from .models import build_model
@@ -101,9 +101,11 @@ def save_subspace(
     under, recorded so a reader knows how to rebuild it; extra: more JSON metadata (the zoo's
     arch, dataset, shapes).
     """
+    state = model.basis.state_dict()
+    if not state["kind"]:  # refused before a file is written that no loader could read
+        raise no_saved_form(f"the model's basis (a {type(model.basis).__name__})")
     module = model.module
     frozen = _frozen(model)
-    state = model.basis.state_dict()
     tensors = {"coords": model.coords.detach()}
     tensors.update({f"basis.{k}": v for k, v in state["tensors"].items()})
     tensors.update({f"buffer.{k}": v for k, v in module.named_buffers()})

@@ -16,7 +16,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .errors import LowdimError
+from .errors import LowdimError, arg
 
 TIMEOUT = timedelta(minutes=10)  # a collective waits this long for a slow or lost process
 
@@ -127,7 +127,7 @@ def same_on_all(value: int, what: str) -> None:
     if low != high:
         raise LowdimError(
             f"processes disagree on {what} ({low} to {high}): every machine "
-            "must see the same --save-dir (a shared filesystem)"
+            f"must see the same {arg('save_dir')} (a shared filesystem)"
         )
 
 

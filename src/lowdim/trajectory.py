@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import LowdimError, is_int, is_number
+from .errors import LowdimError, arg, is_int, is_number
 from .io import atomic_write_text, crc32
 
 FORMAT = "lowdim-trajectory-1"
@@ -206,15 +206,15 @@ class Trajectory:
         return (
             f"snapshot {index} in {self.path / DATA_FILE} fails its crc32 checksum: the file was "
             "damaged after it was written; record the trajectory again (train-sgd in a new "
-            "--save-dir)"
+            f"{arg('save_dir')})"
         )
 
     def nonfinite_error(self, indices: Sequence[int]) -> str:
         first = indices[0]
         return (
             f"snapshot {first} in {self.path} holds NaN or inf values (training diverged there?): "
-            f"choose a window that ends before it (--params-end {first}) or train again with a "
-            "lower --lr"
+            f"choose a window that ends before it ({arg('params_end', first)}) or record the "
+            "trajectory again with a lower learning rate"
             + (f" (also non-finite: {', '.join(map(str, indices[1:6]))})" if indices[1:] else "")
         )
 

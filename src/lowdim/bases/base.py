@@ -97,6 +97,8 @@ class Basis(ABC):
     def save(self, path: str | os.PathLike, *, layout: list[dict] | None = None) -> None:
         """Write the basis to a safetensors file, atomically. `layout` (the parameter names and
         shapes of the model it belongs to) lets `load_basis` refuse it for another model."""
+        if not self.kind:
+            raise no_saved_form(f"a {type(self).__name__}")
         meta = {"kind": self.kind, "numbers": json.dumps(self.numbers())}
         if layout is not None:
             meta["layout"] = json.dumps(layout)
@@ -122,9 +124,20 @@ def expand_differentiable(basis: Basis, c: Tensor) -> Tensor:
     return _Expand.apply(c, basis)
 
 
+def no_saved_form(what: str) -> LowdimError:
+    """The error for a basis of no kind (`kind` empty), which nothing can rebuild from a file."""
+    return LowdimError(
+        f"{what} has no basis kind, so no file can hold it: a sharded basis holds only one "
+        "process's rows of P (save the unsharded basis instead, or build it again in each "
+        "process with shard_pca_basis or shard_span_basis); a Basis subclass must set `kind`"
+    )
+
+
 def basis_from_state(state: dict) -> Basis:
     """The inverse of `Basis.state_dict()`."""
     kind = state["kind"]
+    if not kind:
+        raise no_saved_form("the basis state")
     if kind not in _KINDS:
         raise LowdimError(f"unknown basis kind {kind!r}; known kinds: {', '.join(sorted(_KINDS))}")
     return _KINDS[kind].from_state(state["tensors"], state["numbers"])

@@ -183,7 +183,7 @@ def orthonormalise_rows_(rows: Tensor) -> Tensor:
         except torch.linalg.LinAlgError:
             raise LowdimError(
                 f"cannot orthonormalise {dim} random vectors in D = {num_params}: their Gram "
-                "matrix is numerically singular (use a smaller --dim)"
+                "matrix is numerically singular (choose a smaller subspace dimension)"
             ) from None
         eye = torch.eye(dim, dtype=torch.float64, device=rows.device)
         inverse = torch.linalg.solve_triangular(chol, eye, upper=False).to(rows.dtype)

@@ -13,9 +13,9 @@ import sys
 import warnings
 
 from .. import distributed
-from ..errors import BadArgument, LowdimError
+from ..errors import LowdimError
 from . import intrinsic_dim, report, train_rbd, train_sgd, train_subspace, verify
-from .common import Parser, normalise_option_names
+from .common import Parser, flag_spelling, normalise_option_names
 
 COMMANDS = (train_sgd, train_subspace, report, intrinsic_dim, train_rbd, verify)
 
@@ -31,6 +31,9 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.add_parser(sub)
+    # an error names arguments as the command's own options (`lowdim.errors.arg`)
+    for command_parser in sub.choices.values():
+        command_parser.set_defaults(spell_flag=flag_spelling(command_parser))
     return parser
 
 
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except LowdimError as e:
         # Every process makes the same checks: one of them says so.
         if distributed.is_main():
-            message = e.as_flag() if isinstance(e, BadArgument) else str(e)
+            message = e.for_cli(args.spell_flag)
             print(f"lowdim {args.command}: error: {_one_line(message)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ import sys
 from typing import NoReturn
 
 from ..data import DATASETS
+from ..errors import Spelling, flag
 from ..models import available_archs
 
 
@@ -73,6 +74,23 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+def flag_spelling(parser: argparse.ArgumentParser) -> Spelling:
+    """How `parser`'s command writes an argument an error names (`lowdim.errors.arg`): as its
+    option for that destination ("--no-bn-recompute" for bn_recompute, a switch that sets
+    False), else as the name with dashes."""
+    # argparse lists a parser's actions only in its private _actions
+    options = {a.dest: a for a in parser._actions if a.option_strings}
+
+    def spell(name: str, *value: object) -> str:
+        action = options.get(name)
+        if action is None:
+            return flag(name, *value)
+        on = action.const if action.nargs == 0 else True
+        return flag(name, *value, option=action.option_strings[0], on=on)
+
+    return spell
 
 
 def normalise_option_names(argv: list[str]) -> list[str]:

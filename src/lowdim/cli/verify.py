@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> None:
     findings = verify_run(args.save_dir)
     for f in findings:
-        print(f"{'ok     ' if f.ok else 'DAMAGED'}  {f.path}" + ("" if f.ok else f": {f.problem}"))
+        problem = f.error.for_cli(args.spell_flag) if f.error else f.problem
+        print(f"{'ok     ' if f.ok else 'DAMAGED'}  {f.path}" + ("" if f.ok else f": {problem}"))
     damaged = [f for f in findings if not f.ok]
     if damaged:
         raise LowdimError(

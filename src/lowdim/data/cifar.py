@@ -16,7 +16,7 @@ from lowdim.data.augment import RandomCropFlip
 from lowdim.data.fetch import candidate_dirs, describe_dirs, download, download_dir
 from lowdim.data.safepickle import load_pickle
 from lowdim.data.split import Split
-from lowdim.errors import LowdimError
+from lowdim.errors import LowdimError, arg
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def locate(name: str, data_dir: str | os.PathLike | None, fetch: bool) -> Path:
     wanted = ", ".join((*source.train_files, source.test_file))
     raise LowdimError(
         f"no {source.title} batches in {describe_dirs(dirs)} (looked for {wanted}); pass "
-        f"--data-dir, set LOWDIM_DATA, or --download"
+        f"{arg('data_dir')}, set LOWDIM_DATA, or {arg('download', True)}"
     )
 
 

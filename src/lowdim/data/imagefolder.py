@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from lowdim.data.stream import StreamSplit
-from lowdim.errors import LowdimError
+from lowdim.errors import LowdimError, arg
 from lowdim.seeding import generator
 
 EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"})
@@ -157,7 +157,8 @@ def load_imagefolder(
     _pil()  # fail early, before scanning a large tree, if Pillow is missing
     if data_dir is None:
         raise LowdimError(
-            "the imagefolder dataset needs --data-dir pointing at a folder with train/ and val/"
+            f"the imagefolder dataset needs {arg('data_dir')} pointing at a folder with train/ "
+            "and val/"
         )
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise LowdimError(f"image_size {image_size!r} must be a positive integer")

@@ -13,7 +13,7 @@ import torch
 from lowdim.data.fetch import candidate_dirs, describe_dirs, download, download_dir
 from lowdim.data.idx import parse_idx, read_payload
 from lowdim.data.split import Split
-from lowdim.errors import LowdimError
+from lowdim.errors import LowdimError, arg
 
 PARTS = ("train-images", "train-labels", "t10k-images", "t10k-labels")
 _IDX_SUFFIX = {"images": "idx3", "labels": "idx1"}
@@ -115,7 +115,8 @@ def locate(name: str, data_dir: str | os.PathLike | None, fetch: bool) -> dict[s
     wanted = ", ".join(file_names(p)[0] + "[.gz]" for p in PARTS)
     raise LowdimError(
         f"no {source.title} files in {describe_dirs(dirs)} (looked for {wanted}, or spelled like "
-        f"'train-images.idx3-ubyte'){partial}; pass --data-dir, set LOWDIM_DATA, or --download"
+        f"'train-images.idx3-ubyte'){partial}; pass {arg('data_dir')}, set LOWDIM_DATA, or "
+        f"{arg('download', True)}"
     )
 
 

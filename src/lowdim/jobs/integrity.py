@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..bases import load_basis
-from ..compress import load_subspace_model
+from ..compress import load_subspace_model, read_subspace
 from ..errors import BadArgument, LowdimError
 from ..io import first_nonfinite, load_tensors
 from ..train.checkpoint import RECORD, verify_checkpoint
@@ -26,10 +26,12 @@ from .rundir import CONFIG, SUMMARY, read_json_object
 
 @dataclass
 class Finding:
-    """One file (or folder) checked: `problem` is None when it is sound."""
+    """One file (or folder) checked: `problem` is None when it is sound; `error` is the
+    LowdimError that said so, if one did (the command line writes it with its flags)."""
 
     path: Path
     problem: str | None = None
+    error: LowdimError | None = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -56,6 +58,14 @@ def _check_trajectory(folder: Path) -> None:
     Trajectory(folder).verify()
 
 
+def _check_subspace(path: Path) -> None:
+    """A zoo network's compressed model is rebuilt and its digest checked; one of the user's
+    own modules can only be read and type-checked here (rebuilding it needs the module)."""
+    meta, _ = read_subspace(path)
+    if "arch" in meta:
+        load_subspace_model(path)
+
+
 def _checks(folder: Path) -> Iterator[tuple[Path, Callable[[Path], object]]]:
     """(path, check) for each file lowdim may have written in `folder` (not its subfolders)."""
     table: list[tuple[str, Callable[[Path], object]]] = [
@@ -64,7 +74,7 @@ def _checks(folder: Path) -> Iterator[tuple[Path, Callable[[Path], object]]]:
         ("metrics.jsonl", _check_metrics),
         ("model.safetensors", _check_weights),
         ("basis.safetensors", load_basis),
-        ("subspace.safetensors", load_subspace_model),
+        ("subspace.safetensors", _check_subspace),
         (f"checkpoint/{RECORD}", lambda p: verify_checkpoint(p.parent)),
         (f"trajectory/{MANIFEST_FILE}", lambda p: _check_trajectory(p.parent)),
     ]
@@ -92,7 +102,7 @@ def verify_run(save_dir: str | Path) -> list[Finding]:
                 check(path)
                 findings.append(Finding(path))
             except LowdimError as e:
-                findings.append(Finding(path, str(e)))
+                findings.append(Finding(path, str(e), e))
             except OSError as e:
                 findings.append(Finding(path, f"cannot read it: {e.strerror or e}"))
     if not findings:

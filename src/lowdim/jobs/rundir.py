@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .. import distributed
-from ..errors import BadArgument, LowdimError, is_int, is_number
+from ..errors import BadArgument, LowdimError, arg, is_int, is_number
 from ..io import atomic_write_json
 
 CONFIG = "config.json"
@@ -109,9 +109,10 @@ def _type_name(hint) -> str:
 
 
 def check_summary(summary: dict, path: str | Path, keys: dict[str, type]) -> dict:
-    """`summary` if it holds each of `keys` with a value of its type, else `LowdimError`."""
+    """`summary` if it holds each of `keys` with a value of its type, else `LowdimError` (a
+    key whose type admits None must still be present)."""
     for key, kind in keys.items():
-        if not _fits(summary.get(key), kind):
+        if key not in summary or not _fits(summary[key], kind):
             got = "missing" if key not in summary else f"{summary[key]!r:.40}"
             raise LowdimError(
                 f"{path}: {key!r} is {got}, not a {_type_name(kind)}; the summary was damaged "
@@ -208,12 +209,14 @@ class RunDir:
         for key in sorted(set(old) | set(self.config)):
             if key.startswith("_") or key in may_differ:
                 continue
-            stored = old.get(key, defaults.get(key))
-            if stored != self.config.get(key):
+            stored, given = old.get(key, defaults.get(key)), self.config.get(key)
+            if stored != given:
+                # both as the arguments are written: a switch such as --no-bn-recompute
+                # reads "no --no-bn-recompute" where it was not given
                 raise BadArgument(
                     key,
-                    f"{self.config.get(key)} differs from the run in {self.path} ({stored}); "
-                    "resume with the same options",
+                    f"differs from the run in {self.path} (begun with {arg(key, stored)}, now "
+                    f"{arg(key, given)}); resume with the same options",
                 )
 
     @property

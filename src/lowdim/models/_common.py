@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from lowdim.errors import LowdimError
+from lowdim.errors import LowdimError, arg
 
 # The largest side searched when working out an arch's minimum input size; far beyond any
 # threshold the models here have (the largest is VGG's 32).
@@ -23,7 +23,7 @@ def image_shape(arch: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]
     if len(input_shape) != 3:
         raise LowdimError(
             f"{arch} needs image inputs of shape (channels, height, width), got {input_shape}; "
-            "use --arch mlp for flat features"
+            f"use {arg('arch', 'mlp')} for flat features"
         )
     c, h, w = input_shape
     return c, h, w

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from lowdim.errors import arg
+
 from ._common import check_min_size, conv_out, image_shape
 from .registry import register_model
 
-_SMALL_HINT = "use --arch mlp or fc"
+_SMALL_HINT = f"use {arg('arch', 'mlp')} or {arg('arch', 'fc')}"
 
 
 class LeNet5(nn.Module):

@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from lowdim.errors import arg
+
 from ._common import check_min_size, conv_out, image_shape
 from .registry import register_model
 
@@ -83,9 +85,8 @@ def _make_builder(arch: str) -> Callable[..., nn.Module]:
 
     def build(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         shape = image_shape(arch, input_shape)
-        check_min_size(
-            arch, shape, _side(config), "pad or resize the images, or use --arch resnet20"
-        )
+        hint = f"pad or resize the images, or use {arg('arch', 'resnet20')}"
+        check_min_size(arch, shape, _side(config), hint)
         return VGG(config, shape[0], num_classes)
 
     build.__name__ = f"build_{arch}"

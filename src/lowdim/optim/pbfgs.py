@@ -53,8 +53,8 @@ class PBFGS(BasisOptimizer):
         shrink: factor between trials, in (0, 1) (default 0.4).
         max_tries: trials per search, >= 1 (default 20).
         curvature_eps: skip the BFGS update unless y^T s exceeds this, >= 0 (default 1e-20).
-        reset_every: reset H to the identity every this many steps (default 0: never; the CLI's
-            --reset-every-epoch sets it to the steps per epoch).
+        reset_every: reset H to the identity every this many steps (default 0: never; the
+            training job's `reset_every_epoch=True` sets it to the steps per epoch).
         residual_alpha, residual_gamma: residual momentum, alpha >= 0 and gamma in [0, 1)
             (default 0 and 0.9: off).
         module: the model, whose buffers (BatchNorm running statistics and its batch counter,

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import LowdimError
+from ..errors import LowdimError, arg
 from ..io import atomic_write_json, load_tensors, save_tensors
 from .checkpoint_checks import (
     SCHEDULER_KEYS,
@@ -154,8 +154,8 @@ def _read(folder: Path) -> tuple[dict, dict[str, torch.Tensor], Path, Path]:
     if not tensors_path.is_file() or _sha256(tensors_path) != record["tensors_sha256"]:
         raise LowdimError(
             f"the checkpoint in {folder} is incomplete (its tensors file {tensors_path.name!r} is "
-            "missing or does not match its record); start the run again without --resume in an "
-            "empty --save-dir"
+            "missing or does not match its record); start the run again with "
+            f"{arg('resume', False)} in an empty {arg('save_dir')}"
         )
     try:
         tensors = load_tensors(tensors_path)
