@@ -24,8 +24,7 @@ import shutil
 from pathlib import Path
 
 from lowdim.io import atomic_write_json
-from lowdim.jobs import SGDConfig, train_sgd
-from lowdim.jobs.dldr import SubspaceConfig, train_in_subspace
+from lowdim.jobs import SGDConfig, SubspaceConfig, train_in_subspace, train_sgd
 
 RUNS = Path("runs/experiments")
 

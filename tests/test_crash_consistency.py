@@ -34,6 +34,7 @@ import lowdim.data.digits
 import lowdim.io
 import lowdim.jobs.dldr
 import lowdim.jobs.plots
+import lowdim.jobs.subspace
 from lowdim.io import load_tensors
 from lowdim.trajectory import Trajectory
 
@@ -206,7 +207,7 @@ def _instrument(events: _Events) -> None:
     wrap("mkdir", lambda path, *a: events.name(path))
     register_optimizer_step_pre_hook(lambda *a: events.hit("step"))
 
-    extract = lowdim.jobs.dldr.extract_basis
+    extract = lowdim.jobs.subspace.extract_basis
 
     def extract_basis(*args, **kwargs):
         events.hit("extract begin")
@@ -214,7 +215,7 @@ def _instrument(events: _Events) -> None:
         events.hit("extract end")
         return basis
 
-    lowdim.jobs.dldr.extract_basis = extract_basis
+    lowdim.jobs.subspace.extract_basis = extract_basis
     blocks = getattr(lowdim.bases.pca, "_column_blocks", None)
     if blocks is not None:
 

@@ -15,7 +15,7 @@ from lowdim.cli import main
 from lowdim.data import load_dataset
 from lowdim.io import load_tensors
 from lowdim.jobs.common import model_for
-from lowdim.jobs.dldr import read_sgd_run
+from lowdim.jobs.subspace import read_sgd_run
 from lowdim.optim import PBFGS
 from lowdim.params import FlatParams
 from lowdim.train import fit

@@ -2,8 +2,7 @@
 
 import pytest
 
-from lowdim.jobs import SGDConfig, train_sgd
-from lowdim.jobs.dldr import SubspaceConfig, train_in_subspace
+from lowdim.jobs import SGDConfig, SubspaceConfig, train_in_subspace, train_sgd
 
 
 @pytest.mark.slow

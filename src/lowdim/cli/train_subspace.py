@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from ..jobs.dldr import DEFAULTS, SubspaceConfig, train_in_subspace
+from ..jobs.subspace import train_in_subspace
+from ..jobs.subspace_config import DEFAULTS, SubspaceConfig
 from ..train.builders import SCHEDULES
 from .common import add_session_options, finite_float, int_list, print_result
 
