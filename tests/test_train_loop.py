@@ -101,3 +101,12 @@ def test_bad_loop_options():
         build_schedule("multistep", opt, epochs=5, milestones=[7])
     with pytest.raises(LowdimError, match="unknown optimizer"):
         build_optimizer("lion", model.parameters(), lr=0.1)
+
+
+def test_a_batch_larger_than_the_data_warns_at_the_callers_line():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train, test = toy_splits(n=40)
+    with pytest.warns(UserWarning, match="batch_size 64 x 1 process") as caught:
+        fit(model, opt, train, test, epochs=1, batch_size=64, progress=False)
+    assert caught[0].filename == __file__

@@ -1,17 +1,40 @@
 """The one training loop of lowdim: minibatches, optimiser steps, evaluation, snapshots, metrics,
 checkpoints and resume.
 
-Every method trains through `fit`: plain SGD here, and the subspace optimisers, which are torch
-optimisers too. The step always goes through `optimizer.step(closure)`, so optimisers that
-re-evaluate the loss (a line search) and ones that do not share the same loop. The data side
-lives in `batches`, the bookkeeping (resume, snapshots, metrics, checkpoints) in `run_state`.
+Library layer. Every method trains through `fit`: plain SGD, and the subspace optimisers,
+which are torch optimisers too. The data side lives in `batches`, the step in `steps`, the
+bookkeeping (resume, snapshots, metrics, checkpoints) in `run_state`; `fit` calls them.
+
+The step. Each step calls `optimizer.step(closure)`, where the closure zeroes the gradients in
+place, runs forward and backward on the minibatch and returns the loss; `closure(backward=
+False)` only evaluates the loss (for line searches). So optimisers that re-evaluate the loss
+and ones that do not share the same loop. With `accumulate=k` the k batches' gradients
+accumulate: less memory, the same step.
+
+Resume. With a run folder, a checkpoint is written at the end of every epoch and, with
+`checkpoint_every=N`, after every N steps inside one (for large datasets). A resumed run
+continues from the last checkpoint, inside an epoch at the next batch, with that epoch's
+running loss and accuracy sums restored, so a killed run, resumed, ends exactly as an
+uninterrupted one would on the same device (weights, snapshots, metrics but their timings).
+
+Several processes (see `lowdim.distributed`). `batch_size` is per process: each takes its
+slice of every global batch of world x batch_size (a short last global batch is kept, as
+alone, unless `drop_last`), metrics are summed across processes, and only rank 0 writes the
+run folder, the trajectory and the log; every process reads the checkpoint on resume. With
+`average_gradients` each closure averages the minibatch loss and gradient across processes,
+weighted by their examples, which gives the global batch's mean (data parallel: one
+all-reduce of `flat.grad`, D numbers, or of each trainable parameter's gradient without
+`flat`); an optimiser that exchanges less itself (RBD: d coordinates) passes False and gets
+each process's loss and gradient scaled so that their plain mean across processes is the
+global batch's mean. Either way the weights stay identical on every process; BatchNorm
+statistics, which each process gathers from its own slices, are replaced by rank 0's at the
+end of every epoch.
 """
 
 from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +46,8 @@ from .. import distributed
 from ..errors import BadArgument, LowdimError
 from ..params import FlatParams
 from .batches import Batches, count, cross_entropy, forward_loss
-from .metrics import progress_bar
 from .run_state import TrainingRun, snapshot_steps
+from .steps import EpochPlan, Steps
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 __all__ = ["FitResult", "evaluate", "fit", "snapshot_steps"]
@@ -136,44 +159,24 @@ def fit(
     average_gradients: bool = True,
     checkpoint_every: int = 0,
 ) -> FitResult:
-    """Train `model` for `epochs` epochs of `train`, evaluating on `test` (each a lowdim split
-    or any iterable of batches, see `lowdim.train.batches`: images, token sequences, dicts).
+    """Train `model` for `epochs` epochs of `train`, evaluating on `test` after each (lowdim
+    splits or any iterables of batches: images, token sequences, dicts); return the metrics.
 
-    Each step calls `optimizer.step(closure)`, where the closure zeroes the gradients in place,
-    runs forward and backward on the minibatch and returns the loss; `closure(backward=False)`
-    only evaluates the loss (for line searches). With `accumulate=k`, a minibatch is k
-    consecutive batches of `batch_size`, their gradients accumulated (less memory, same step).
-    The scheduler, if any, is stepped once per epoch. A lowdim split is batched by `batch_size`
-    (needed then; other iterables bring their own batches) in an order that is a pure function
-    of (`seed`, epoch). `loss_fn(output, targets)` (default: cross-entropy over the output's
-    last dimension, so labels and next-token targets alike) gives a batch's mean loss; for dict
-    batches, `loss_fn(output, batch)`. Accuracy is reported where targets are integer classes.
+    Each step calls `optimizer.step(closure)`; `accumulate=k` makes a minibatch of k batches.
+    A lowdim split is batched by `batch_size` in an order that is a pure function of (`seed`,
+    epoch); other iterables bring their own batches. `loss_fn(output, targets)` (default:
+    cross-entropy over the output's last dimension, so labels and next-token targets alike;
+    `loss_fn(output, batch)` for dict batches) gives a batch's mean loss, to which
+    `regularizer()` is added for the step, not for the reported loss; accuracy is reported
+    where targets are integer classes. The scheduler steps once per epoch; `extra_metrics()`
+    joins each epoch's record; `log` gets the epoch lines (default: stderr when `progress`).
 
-    With `run_dir`, writes `metrics.jsonl` (one record per epoch) and a checkpoint at the end of
-    every epoch (`run_dir/checkpoint/`), and with `checkpoint_every=N` (default 0: none) also
-    after every N optimiser steps inside an epoch (for large datasets); `resume=True` continues
-    from the last checkpoint, inside an epoch at the next batch, with that epoch's running loss
-    and accuracy sums restored, so a killed run, resumed, ends exactly as an uninterrupted one
-    would on the same device (weights, snapshots, metrics but their timings). With
-    `trajectory_dir` (and `flat`, the model's `FlatParams`), records a snapshot of the flat
-    parameters at the start and `samples_per_epoch` times per epoch (default 1: after each epoch).
-    `regularizer()`, if given, is added to each minibatch's loss after the forward pass (e.g.
-    an L2 penalty on the weights); the reported train loss leaves it out. `extra_metrics()` is
-    merged into each epoch's record (e.g. optimiser counters); `log`
-    receives the one-line epoch summaries (default: print to stderr when `progress`).
-
-    Under several processes (see `lowdim.distributed`), `batch_size` is per process: each
-    takes its slice of every global batch of world * batch_size (a short last global batch
-    is kept, as alone, unless `drop_last`; default False), metrics are summed across processes,
-    and only rank 0 writes `run_dir`, the trajectory and the log; every process reads the
-    checkpoint on resume. With `average_gradients` (default True) each closure averages the
-    minibatch loss and the gradient across processes, weighted by their examples, which gives
-    the global batch's mean (data parallel: one all-reduce of `flat.grad`, D numbers, or of
-    each trainable parameter's gradient without `flat`); an optimiser that exchanges less
-    itself (RBD: d coordinates) passes False, and gets each process's loss and gradient scaled
-    so that their plain mean across processes is the global batch's mean. Either way the
-    weights stay identical on every process; BatchNorm statistics, which each process gathers
-    from its own slices, are replaced by rank 0's at the end of every epoch.
+    With `run_dir`: `metrics.jsonl`, a checkpoint after every epoch and, with
+    `checkpoint_every=N`, every N steps; `resume=True` continues exactly. With
+    `trajectory_dir` and `flat`: a snapshot at the start and `samples_per_epoch` per epoch.
+    Several processes: `batch_size` is per process, the short last global batch is kept
+    unless `drop_last`, `average_gradients` averages each step's gradient across them. The
+    module docstring says more of each.
     """
     check_options(epochs, batch_size, accumulate, samples_per_epoch, checkpoint_every)
     data = Batches(train, batch_size, drop_last)
@@ -189,134 +192,24 @@ def fit(
         log=log,
         progress=progress,
     )
-    world, shard = run.world, (run.rank, run.world)
-    _warn_full_batch(data, world)
-    batches = data.count(world)
-    num_steps = None if batches is None else -(-batches // accumulate)
-    inside = run.inside(num_steps)
-    marks = snapshot_steps(num_steps, samples_per_epoch) if num_steps else set()
-    steps = _Steps(model, optimizer, loss_fn, regularizer, world, average_gradients, flat)
+    plan = EpochPlan.of(data, run, accumulate, samples_per_epoch, checkpoint_every)
+    steps = Steps(model, optimizer, loss_fn, regularizer, run.world, average_gradients, flat)
     model.train()
     for epoch in range(run.done["epoch"] + 1, epochs + 1):
-        skip = inside if epoch == run.done["epoch"] + 1 else 0  # steps done before a checkpoint
-        steps.begin(run.done["totals"][run.rank] if skip else [0.0] * 3, device)
-        started = time.perf_counter() - (run.done.get("epoch_seconds", 0.0) if skip else 0.0)
-        lr = run.done["epoch_lr"] if skip else optimizer.param_groups[0]["lr"]  # the epoch's rate
-        bar = progress_bar(num_steps, f"epoch {epoch}/{epochs}", run.progress)
-        bar.update(skip)
-        stream = data.epoch(
-            seed=seed, epoch=epoch, device=device, start_batch=skip * accumulate, shard=shard
-        )
-        for i, micro in enumerate(_groups(stream, accumulate), start=skip + 1):
-            steps.take(micro)
-            run.step += 1
-            if i in marks:
-                run.snapshot(epoch - 1 + i / num_steps)
-            if checkpoint_every and i % checkpoint_every == 0 and i != num_steps:
-                seconds = time.perf_counter() - started
-                run.checkpoint(
-                    epoch - 1, i, epoch_lr=lr, epoch_seconds=seconds, totals=steps.totals
-                )
-            bar.update(1)
-        bar.close()
-        if num_steps is None:  # an iterable without a length: one snapshot at its end
-            run.snapshot(float(epoch))
+        lr, started = plan.train(epoch, epochs, steps, seed=seed, device=device)
         if scheduler is not None:
             scheduler.step()
         distributed.broadcast_buffers(model)
-        record = _train_metrics(
-            epoch, run.step, distributed.all_reduce_sum(steps.totals).tolist(), steps.scored
-        )
-        test_loss, test_acc = evaluate(
-            model, test, batch_size=eval_batch_size, device=device, loss_fn=loss_fn
-        )
+        sums = distributed.all_reduce_sum(steps.totals).tolist()
+        record = _train_metrics(epoch, run.step, sums, steps.scored)
+        options = {"batch_size": eval_batch_size, "device": device, "loss_fn": loss_fn}
+        test_loss, test_acc = evaluate(model, test, **options)
         seconds = time.perf_counter() - started
         record.update(test_loss=test_loss, test_acc=test_acc, lr=lr, epoch_seconds=seconds)
         record.update(extra_metrics() if extra_metrics is not None else {})
         run.end_epoch(record, epochs)
     run.close()
     return _result(run, model, train, test, epochs, eval_batch_size, device, loss_fn)
-
-
-class _Steps:
-    """One optimiser step per minibatch, and the epoch's running sums (`totals`: loss, hits,
-    targets; `scored`: False once a batch had no accuracy)."""
-
-    def __init__(self, model, optimizer, loss_fn, regularizer, world, average_gradients, flat):
-        self.model, self.optimizer, self.loss_fn, self.regularizer = (
-            model,
-            optimizer,
-            loss_fn,
-            regularizer,
-        )
-        self.world, self.average_gradients, self.flat = world, average_gradients, flat
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.totals: Tensor = torch.zeros(3, dtype=torch.float64)
-        self.scored = True
-
-    def begin(self, sums: list[float], device) -> None:
-        """Start an epoch's running sums (a mid-epoch checkpoint's, or zeros)."""
-        self.totals = torch.tensor(sums, dtype=torch.float64, device=device)
-        self.scored = True
-
-    def grads(self) -> list[Tensor]:
-        """What data parallelism averages: the flat gradient (one D-vector) or each tensor's."""
-        if self.flat is not None:
-            return [self.flat.grad]
-        return [p.grad for p in self.params if p.grad is not None]
-
-    def take(self, micro: list) -> None:
-        """`optimizer.step(closure)` on the minibatch `micro` (its micro-batches), where the
-        closure returns the mean loss over its n targets with the gradient in the parameters'
-        .grad when `backward` (micro-batches accumulate; several processes combine as `fit`
-        describes); the first call's data losses and hits feed the running sums."""
-        n = sum(count(b) for b in micro)
-        first: list[tuple[Tensor, Tensor | None]] = []
-
-        def closure(backward: bool = True) -> Tensor:
-            if backward:
-                self.optimizer.zero_grad(set_to_none=False)
-            total = None
-            stash = not first
-            for batch in micro:
-                if not count(batch):  # this process's empty share of a short last batch
-                    continue
-                share = count(batch) / n
-                with torch.set_grad_enabled(backward):
-                    data_loss, hits = forward_loss(self.model, batch, self.loss_fn)
-                    data_loss = data_loss * share
-                    reg = self.regularizer
-                    loss = data_loss + reg() * share if reg is not None else data_loss
-                if backward:
-                    loss.backward()
-                total = loss.detach() if total is None else total + loss.detach()
-                if stash:
-                    first.append((data_loss.detach() * n, hits))
-            if total is None:
-                total = torch.zeros((), device=self.totals.device)
-            if self.world > 1:
-                parts = [total, *self.grads()] if backward else [total]
-                distributed.weighted_mean_(parts, n, reduce=self.average_gradients)
-            return total
-
-        self.optimizer.step(closure)
-        for loss_part, hits in first:
-            self.totals[0] += loss_part.double()
-            if hits is None:
-                self.scored = False
-            else:
-                self.totals[1] += hits
-        self.totals[2] += n
-
-
-def _warn_full_batch(data: Batches, world: int) -> None:
-    # valid (full-batch gradient descent), but rarely what was meant: say so once
-    if data.owned and distributed.rank() == 0 and data.batch_size * world > len(data):
-        warnings.warn(
-            f"batch_size {data.batch_size} x {world} process(es) exceeds the {len(data)} training "
-            "examples: every step uses the whole training set",
-            stacklevel=3,
-        )
 
 
 def _train_metrics(epoch: int, step: int, sums: list[float], scored: bool) -> dict:
@@ -350,15 +243,3 @@ def _result(
         snapshots=run.snapshots(),
         history=run.history,
     )
-
-
-def _groups(batches, size: int):
-    """Consecutive batches in lists of `size` (the last list may be shorter)."""
-    group = []
-    for batch in batches:
-        group.append(batch)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
