@@ -40,10 +40,10 @@ def test_rbd_writes_a_summary_and_resumes_after_a_kill(tmp_path, monkeypatch):
     [
         (["--dim", "0"], "--dim 0 must be between 1 and D = 55210"),
         (["--dim", "60000"], "--dim 60000 must be between 1 and D"),
-        (["--distribution", "cauchy"], "unknown --distribution 'cauchy'"),
-        (["--compartments", "neurons"], "unknown --compartments 'neurons'"),
-        (["--compartments", "chunk"], "--compartments chunk needs --chunk-size >= 1"),
-        (["--split", "random"], "unknown --split 'random'"),
+        (["--distribution", "cauchy"], "--distribution must be one of gaussian, uniform, rad"),
+        (["--compartments", "neurons"], "--compartments must be one of none, layer, param, chunk"),
+        (["--compartments", "chunk"], "--chunk-size must be >= 1 (parameters per chunk) with"),
+        (["--split", "random"], "--split must be one of size, equal, each, got 'random'"),
         (["--mode", "gossip"], "--mode must be one of independent, shared, got 'gossip'"),
     ],
 )

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
+import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
-from ..data import Data, load_dataset
+from ..data import Data, Split, StreamSplit, load_dataset
 from ..errors import BadArgument, check_finite, check_seed
 from ..params import FlatParams
-from ..train import build_optimizer, build_schedule, fit
+from ..train import FitResult, build_optimizer, build_schedule, fit
 from ..train.loop import check_checkpoint_every
 from .common import arch_of, holdout_split, labels_digest, model_for, resolve_device
 from .rundir import RunDir
@@ -88,44 +91,34 @@ def check_config(cfg: SGDConfig) -> None:
         raise BadArgument("holdout", f"{cfg.holdout} is outside the valid range [0, 1)")
 
 
-def train_sgd(
-    cfg: SGDConfig,
-    save_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    data: Data | None = None,
-    model: nn.Module | None = None,
-    checkpoint_every: int = 0,
-) -> dict:
-    """Train with SGD (or Adam/AdamW) while recording the trajectory; return the summary dict.
+class _Training(NamedTuple):
+    """What a run trains, and with what: made before anything is written to its folder."""
 
-    Every option is checked, the data loaded and the model built before anything is written to
-    `save_dir`. `data` replaces the dataset named in `cfg` (your own tensors, as a
-    `lowdim.data.Data`; its `name` is recorded as the run's dataset) and `model` the zoo's
-    network (your own module, initialised as you built it; its class name is recorded as the
-    run's arch); the later stages (`train_in_subspace`) then take the same `data=` and a
-    freshly built `model=`. With `resume`, a killed run continues from its last checkpoint and
-    ends with the same weights as an uninterrupted one (on the CPU; GPU kernels may be
-    non-deterministic). `checkpoint_every` N (default 0) also checkpoints after every N steps
-    inside an epoch (see `fit`): it changes when a kill loses work, never the result.
-    """
-    check_config(cfg)
-    check_checkpoint_every(checkpoint_every)
-    device = resolve_device(cfg.device)
-    # the run records what it trains on, not the names of what it replaced
-    cfg = replace(cfg, dataset=data.name if data else cfg.dataset, arch=arch_of(model, cfg))
-    run = RunDir(save_dir, asdict(cfg), resume=resume, defaults=asdict(SGDConfig()))
-    if run.finished:
-        return run.read_summary()
-    if data is None:
-        data = load_dataset(
-            cfg.dataset,
-            data_dir=cfg.data_dir,
-            download=cfg.download,
-            corrupt=cfg.corrupt,
-            seed=cfg.seed,
-        )
+    model: nn.Module
+    flat: FlatParams
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler
+    train: Split | StreamSplit  # the training split less the held-out examples
+    test: Split | StreamSplit
+
+
+def _load_data(cfg: SGDConfig) -> Data:
+    """The dataset named in `cfg`, with its label noise (`corrupt`, drawn from `seed`)."""
+    return load_dataset(
+        cfg.dataset,
+        data_dir=cfg.data_dir,
+        download=cfg.download,
+        corrupt=cfg.corrupt,
+        seed=cfg.seed,
+    )
+
+
+def _prepare(
+    cfg: SGDConfig, data: Data, model: nn.Module | None, device: torch.device
+) -> _Training:
+    """The model (`model` as given, else the zoo's `cfg.arch`), on `device`; its optimiser
+    (`cfg.optimizer`) and learning-rate schedule (`cfg.schedule`); the examples it trains on
+    (`data.train` less the `cfg.holdout` fraction) and the test split."""
     model = model_for(cfg, data, device) if model is None else model.to(device)
     flat = FlatParams(model)
     optimizer = build_optimizer(
@@ -140,34 +133,47 @@ def train_sgd(
         cfg.schedule, optimizer, epochs=cfg.epochs, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma
     )
     train, _ = holdout_split(data.train, cfg.holdout, cfg.seed)
-    run.start()
-    result = fit(
-        model,
-        optimizer,
-        train.to(device),
-        data.test.to(device),
+    return _Training(model, flat, optimizer, scheduler, train, data.test)
+
+
+def _fit(
+    cfg: SGDConfig,
+    run: RunDir,
+    parts: _Training,
+    device: torch.device,
+    *,
+    progress: bool,
+    checkpoint_every: int,
+) -> FitResult:
+    """`lowdim.train.fit` with the run's options, recording `cfg.samples_per_epoch` snapshots
+    an epoch into the run's trajectory/ folder."""
+    return fit(
+        parts.model,
+        parts.optimizer,
+        parts.train.to(device),
+        parts.test.to(device),
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
-        scheduler=scheduler,
+        scheduler=parts.scheduler,
         device=device,
         run_dir=run.path,
         resume=run.resumed,
-        flat=flat,
+        flat=parts.flat,
         trajectory_dir=run.path / "trajectory",
         samples_per_epoch=cfg.samples_per_epoch,
         progress=progress,
         tensorboard=cfg.tensorboard,
         checkpoint_every=checkpoint_every,
     )
-    run.save_outputs(
-        model,
-        result.history,
-        arch=cfg.arch,
-        dataset=cfg.dataset,
-        title=f"{cfg.arch} on {cfg.dataset}",
-    )
-    summary = {
+
+
+def _summary(
+    cfg: SGDConfig, result: FitResult, flat: FlatParams, data: Data, device: torch.device
+) -> dict:
+    """The run's summary.json: the keys every run has, then the seed, the device and the digest
+    of the training labels (later stages check they see the same ones)."""
+    return {
         "method": "sgd",
         "dataset": cfg.dataset,
         "arch": cfg.arch,
@@ -181,5 +187,46 @@ def train_sgd(
         "device": str(device),
         "train_labels_sha256": labels_digest(data.train.y),
     }
+
+
+def train_sgd(
+    cfg: SGDConfig,
+    save_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    data: Data | None = None,
+    model: nn.Module | None = None,
+    checkpoint_every: int = 0,
+) -> dict:
+    """Train with SGD (or Adam/AdamW) while recording the trajectory; return the summary dict.
+
+    Every option is checked, the data loaded and the model built before anything is written to
+    `save_dir`. `data` (default None: the dataset named in `cfg`) replaces that dataset with
+    your own tensors, as a `lowdim.data.Data` (its `name` is recorded as the run's dataset),
+    and `model` (default None: the zoo's `cfg.arch`, initialised from `cfg.seed`) the zoo's
+    network with your own module, initialised as you built it (its class name is recorded as
+    the run's arch); the later stages (`train_in_subspace`) then take the same `data=` and a
+    freshly built `model=`. With `resume` (default False), a killed run continues from its last
+    checkpoint and ends with the same weights as an uninterrupted one (on the CPU; GPU kernels
+    may be non-deterministic), and a finished one returns its summary. `progress` (default
+    True) shows progress bars. `checkpoint_every` N (default 0) also checkpoints after every N
+    steps inside an epoch (see `fit`): it changes when a kill loses work, never the result.
+    """
+    check_config(cfg)
+    check_checkpoint_every(checkpoint_every)
+    device = resolve_device(cfg.device)
+    # the run records what it trains on, not the names of what it replaced
+    cfg = replace(cfg, dataset=data.name if data else cfg.dataset, arch=arch_of(model, cfg))
+    run = RunDir(save_dir, asdict(cfg), resume=resume, defaults=asdict(SGDConfig()))
+    if run.finished:
+        return run.read_summary()
+    data = _load_data(cfg) if data is None else data
+    parts = _prepare(cfg, data, model, device)
+    run.start()
+    result = _fit(cfg, run, parts, device, progress=progress, checkpoint_every=checkpoint_every)
+    title = f"{cfg.arch} on {cfg.dataset}"
+    run.save_outputs(parts.model, result.history, arch=cfg.arch, dataset=cfg.dataset, title=title)
+    summary = _summary(cfg, result, parts.flat, data, device)
     run.write_summary(summary)
     return summary
