@@ -98,15 +98,15 @@ def test_compressed_point_evaluates_to_the_same_accuracy(tmp_path, capsys):
 
 
 def test_killed_sweep_resumes_without_retraining(tmp_path, monkeypatch):
-    import lowdim.jobs.intrinsic as intrinsic_module
+    import lowdim.jobs.intrinsic_sweep as intrinsic_module  # Sweep calls its train_point
 
     real, calls = intrinsic_module.train_point, []
 
-    def dies_on_the_third(cfg, data, dim, *rest):
+    def dies_on_the_third(cfg, data, dim, *rest, **options):
         calls.append(dim)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(cfg, data, dim, *rest)
+        return real(cfg, data, dim, *rest, **options)
 
     monkeypatch.setattr(intrinsic_module, "train_point", dies_on_the_third)
     assert intrinsic(tmp_path, "--projection", "sparse", "--dims", "10,20,40") == 130
@@ -126,7 +126,7 @@ def test_killed_sweep_resumes_without_retraining(tmp_path, monkeypatch):
     [
         (["--dims", "0"], "--dims 0 must be between 1 and D = 55210"),
         (["--dims", "60000"], "--dims 60000 must be between 1 and D"),
-        (["--projection", "hadamard", "--dims", "10"], "unknown projection 'hadamard'"),
+        (["--projection", "hadamard", "--dims", "10"], "--projection 'hadamard' is unknown"),
         ([], "--dims lists no subspace dimension, and no search was asked for"),
     ],
 )

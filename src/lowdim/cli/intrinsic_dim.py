@@ -26,11 +26,27 @@ HELP = "measure the intrinsic dimension: the smallest random subspace reaching 9
 
 
 def add_parser(sub) -> None:
+    """`intrinsic-dim`, `compress` and `evaluate`."""
+    _add_sweep_parser(sub)
+    _add_compress_parser(sub)
+    _add_evaluate_parser(sub)
+
+
+def _add_sweep_parser(sub) -> None:
     d = IntrinsicConfig()
     # argparse reads a help text as a %-format: the one % is doubled there, not in the description
     p = sub.add_parser("intrinsic-dim", help=HELP.replace("%", "%%"), description=HELP)
     add_data_options(p, dataset=d.dataset, labels=False)
     add_model_options(p, arch=d.arch)
+    _add_subspace_options(p, d)
+    _add_protocol_options(p, d)
+    p.add_argument("--save-dir", required=True, metavar="DIR", help="folder for the sweep's files")
+    add_session_options(p.add_argument_group("run"))
+    p.set_defaults(run=run)
+
+
+def _add_subspace_options(p: argparse.ArgumentParser, d: IntrinsicConfig) -> None:
+    """Which subspaces the sweep trains: the projection, the dims or the search, the seeds."""
     p.add_argument("--projection", default=d.projection, help=f"one of: {', '.join(RANDOM_KINDS)}")
     p.add_argument(
         "--per-layer",
@@ -56,6 +72,10 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--seeds", type=int, default=d.seeds, help="seeds per d")
     p.add_argument("--seed", type=int, default=d.seed, help="first seed")
+
+
+def _add_protocol_options(p: argparse.ArgumentParser, d: IntrinsicConfig) -> None:
+    """How every run of the sweep trains: epochs, Adam's rates, L2, batch size."""
     p.add_argument(
         "--epochs", type=int, default=d.epochs, help="passes over the training data, per run"
     )
@@ -80,10 +100,9 @@ def add_parser(sub) -> None:
         help="L2 on the full weights, 0.5 * l2 * ||theta||^2",
     )
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step")
-    p.add_argument("--save-dir", required=True, metavar="DIR", help="folder for the sweep's files")
-    add_session_options(p.add_argument_group("run"))
-    p.set_defaults(run=run)
 
+
+def _add_compress_parser(sub) -> None:
     p = sub.add_parser(
         "compress",
         help="write one trained point of an intrinsic-dim run as (architecture, seeds, d numbers)",
@@ -94,6 +113,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="the compressed file to write")
     p.set_defaults(run=run_compress)
 
+
+def _add_evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="rebuild a compressed model and evaluate it")
     p.add_argument("file", help="a compressed model written by `lowdim compress`")
     p.add_argument("--data-dir", default=None, metavar="DIR", help=DATA_DIR_HELP)
