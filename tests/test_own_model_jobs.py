@@ -3,32 +3,10 @@ an Embedding + GRU classifier on token sequences (no zoo arch, no named dataset)
 
 import pytest
 import torch
-from torch import nn
+from own_models import GRUClassifier, token_data
 
 from lowdim import SGDConfig, SubspaceConfig, train_in_subspace, train_sgd
-from lowdim.data import Data, Split
 from lowdim.errors import LowdimError
-
-
-class GRUClassifier(nn.Module):
-    def __init__(self, vocab: int = 12, width: int = 16, classes: int = 2) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, width)
-        self.gru = nn.GRU(width, width, batch_first=True)
-        self.head = nn.Linear(width, classes)
-
-    def forward(self, tokens):
-        _, h = self.gru(self.embed(tokens))
-        return self.head(h[-1])
-
-
-def token_data() -> Data:
-    """Sequences of 10 tokens; the label says whether token 3 occurs more often than token 5."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 12, (600, 10), generator=g)
-    y = ((x == 3).sum(1) > (x == 5).sum(1)).long()
-    train, test = Split(x[:500], y[:500]), Split(x[500:], y[500:])
-    return Data("my-tokens", train, test, 2, (10,), 0.0, 0.0, None)
 
 
 def fresh(seed: int = 0) -> GRUClassifier:

@@ -3,42 +3,24 @@ sequences (no zoo arch, no named dataset), with one random basis per layer or pe
 
 import json
 
+import own_models
 import pytest
 import torch
-from torch import nn
+from own_models import GRUClassifier
 
-from lowdim.data import Data, Split
 from lowdim.errors import BadArgument
 from lowdim.io import load_tensors
 from lowdim.jobs import RBDConfig, train_rbd
 from lowdim.train import evaluate
 
 
-class TokenGRU(nn.Module):
-    def __init__(self, vocab: int = 12, width: int = 8, classes: int = 2) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, width)
-        self.gru = nn.GRU(width, width, batch_first=True)
-        self.head = nn.Linear(width, classes)
-
-    def forward(self, tokens):
-        _, h = self.gru(self.embed(tokens))
-        return self.head(h[-1])
-
-
-def token_data() -> Data:
-    """Sequences of 10 tokens; the label says whether token 3 occurs more often than token 5."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 12, (300, 10), generator=g)
-    y = ((x == 3).sum(1) > (x == 5).sum(1)).long()
-    return Data(
-        "my-tokens", Split(x[:240], y[:240]), Split(x[240:], y[240:]), 2, (10,), 0.0, 0.0, None
-    )
-
-
-def fresh() -> TokenGRU:
+def fresh() -> GRUClassifier:
     torch.manual_seed(0)
-    return TokenGRU()
+    return GRUClassifier(width=8)
+
+
+def token_data():
+    return own_models.token_data(300, 240)
 
 
 CFG = dict(dim=20, epochs=2, lr=1.0, batch_size=16)
@@ -53,9 +35,9 @@ def test_rbd_trains_a_users_module_on_a_users_data_and_says_so(tmp_path, compart
     before, _ = evaluate(model, token_data().test)
     summary = train_rbd(cfg, tmp_path, data=token_data(), model=model, progress=False)
 
-    assert (summary["dataset"], summary["arch"]) == ("my-tokens", "TokenGRU")
+    assert (summary["dataset"], summary["arch"]) == ("my-tokens", "GRUClassifier")
     config = json.loads((tmp_path / "config.json").read_text())
-    assert (config["dataset"], config["arch"]) == ("my-tokens", "TokenGRU")
+    assert (config["dataset"], config["arch"]) == ("my-tokens", "GRUClassifier")
     assert summary["compartments"] == BLOCKS[compartments] and summary["subspace_dim"] == 20
     assert summary["num_params"] == sum(p.numel() for p in fresh().parameters())
     assert summary["test_loss"] < before - 0.05, (before, summary["test_loss"])

@@ -25,10 +25,12 @@ from .data import DATASETS, Data, Split, corrupt_labels, load_dataset
 from .errors import LowdimError
 from .jobs import (
     IntrinsicConfig,
+    RBDConfig,
     SGDConfig,
     SubspaceConfig,
     measure_intrinsic_dim,
     train_in_subspace,
+    train_rbd,
     train_sgd,
 )
 from .models import available_archs, build_model, register_model
@@ -56,6 +58,8 @@ __all__ = [
     "PSGD",
     "RBD",
     "SubspaceConfig",
+    "RBDConfig",
+    "train_rbd",
     "load_basis",
     "pca_of_rows",
     "train_in_subspace",
