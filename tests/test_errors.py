@@ -14,7 +14,7 @@ from lowdim.jobs.common import resolve_device
 from lowdim.jobs.rundir import RunDir
 from lowdim.jobs.sampling import SGDConfig, check_config
 from lowdim.optim import PBFGS, PSGD
-from lowdim.optim.base import check_rates
+from lowdim.optim.optimizer import check_rates
 from lowdim.params import FlatParams
 from lowdim.train import build_optimizer
 

@@ -15,7 +15,7 @@ import warnings
 from .. import distributed
 from ..errors import LowdimError
 from . import intrinsic_dim, report, train_rbd, train_sgd, train_subspace, verify
-from .common import Parser, flag_spelling, normalise_option_names
+from .options import Parser, flag_spelling, normalise_option_names
 
 COMMANDS = (train_sgd, train_subspace, report, intrinsic_dim, train_rbd, verify)
 

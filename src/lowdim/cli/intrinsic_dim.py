@@ -13,7 +13,7 @@ from ..data import load_dataset
 from ..errors import LowdimError
 from ..jobs.intrinsic import IntrinsicConfig, measure_intrinsic_dim
 from ..train import evaluate
-from .common import (
+from .options import (
     DATA_DIR_HELP,
     add_data_options,
     add_model_options,

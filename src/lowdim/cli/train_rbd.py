@@ -7,7 +7,7 @@ from dataclasses import fields
 
 from ..jobs.random_bases import COMPARTMENT_RULES, SPLITS, RBDConfig, train_rbd
 from ..optim.rbd import DISTRIBUTIONS, MODES, NORMALISATIONS
-from .common import (
+from .options import (
     add_data_options,
     add_model_options,
     add_session_options,

@@ -7,7 +7,7 @@ from dataclasses import fields
 
 from ..jobs.sampling import SGDConfig, train_sgd
 from ..train import OPTIMIZERS, SCHEDULES
-from .common import (
+from .options import (
     add_data_options,
     add_model_options,
     add_run_options,

@@ -9,7 +9,7 @@ from dataclasses import fields
 from ..jobs.subspace import train_in_subspace
 from ..jobs.subspace_config import DEFAULTS, SubspaceConfig
 from ..train.builders import SCHEDULES
-from .common import add_session_options, finite_float, int_list, print_result
+from .options import add_session_options, finite_float, int_list, print_result
 
 HELP = {
     "psgd": "train in the PCA subspace of a train-sgd run's trajectory with projected SGD",

@@ -30,7 +30,7 @@ from ..bases.random import RANDOM_KINDS
 from ..data import Data, load_dataset
 from ..errors import BadArgument, check_finite, check_seed
 from ..io import atomic_write_json
-from ..optim.base import check_rates
+from ..optim.optimizer import check_rates
 from ..params import FlatParams
 from ..train.loop import check_checkpoint_every
 from .common import arch_of, resolve_device

@@ -22,7 +22,7 @@ from ..bases.compartments import SPLITS, Compartment, compartments_of
 from ..bases.directions import check_choice
 from ..data import Data, load_dataset
 from ..errors import BadArgument, check_seed
-from ..optim.base import check_rates
+from ..optim.optimizer import check_rates
 from ..optim.rbd import DISTRIBUTIONS, MODES, NORMALISATIONS, RBD
 from ..params import FlatParams
 from ..train import FitResult, fit

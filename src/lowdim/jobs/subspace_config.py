@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..errors import BadArgument, check_finite, check_seed
-from ..optim.base import check_rates
+from ..optim.optimizer import check_rates
 from ..train.builders import SCHEDULES
 
 METHODS = ("psgd", "pbfgs", "twa")

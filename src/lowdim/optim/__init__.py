@@ -1,4 +1,5 @@
-"""Subspace optimisers, each a `torch.optim.Optimizer`; their mathematics in `functional`."""
+"""Subspace optimisers, each a `torch.optim.Optimizer`: what they share (one parameter, the
+model's flat vector) in `optimizer`, their mathematics in `functional`."""
 
 from .functional import armijo_accepts, bfgs_update
 from .padamw import PAdamW

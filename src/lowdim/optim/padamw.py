@@ -9,7 +9,7 @@ from torch import Tensor
 from ..bases import Basis
 from ..errors import BadArgument, is_number
 from ..params import FlatParams
-from .base import BasisOptimizer, check_rates
+from .optimizer import BasisOptimizer, check_rates
 
 # The hyperparameters of the inner AdamW, which this optimiser's group holds and hands on.
 ADAMW_KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from ..bases import Basis
 from ..errors import BadArgument, is_int
 from ..params import FlatParams
-from .base import BasisOptimizer, check_rates
 from .functional import armijo_accepts, bfgs_update
+from .optimizer import BasisOptimizer, check_rates
 
 COUNTERS = (
     "steps",

@@ -9,7 +9,7 @@ from torch.optim.sgd import sgd
 from ..bases import Basis
 from ..errors import BadArgument
 from ..params import FlatParams
-from .base import BasisOptimizer, check_rates
+from .optimizer import BasisOptimizer, check_rates
 
 
 class PSGD(BasisOptimizer):

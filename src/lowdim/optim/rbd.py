@@ -22,7 +22,7 @@ from ..bases.directions import (
 from ..bases.redrawn import redrawn_basis
 from ..errors import LowdimError
 from ..params import FlatParams
-from .base import FlatOptimizer, check_rates
+from .optimizer import FlatOptimizer, check_rates
 
 __all__ = ["DISTRIBUTIONS", "MODES", "NORMALISATIONS", "RBD", "directions"]
 

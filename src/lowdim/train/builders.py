@@ -9,7 +9,7 @@ import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, MultiStepLR
 
 from ..errors import BadArgument, LowdimError
-from ..optim.base import check_rates
+from ..optim.optimizer import check_rates
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("multistep", "cosine", "linear", "constant")
