@@ -12,6 +12,7 @@ BENCHMARKS = [
     "bench_rbd.py",
     "bench_twa.py",
     "bench_integrity.py",
+    "bench_view_check.py",
 ]
 
 if __name__ == "__main__":
