@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from common import median_ms, write_result
 
-from lowdim.bases import random_basis
+from lowdim.bases import hadamard, random_basis
 from lowdim.models import build_model
 from lowdim.subspace_model import SubspaceModel
 
@@ -34,6 +34,20 @@ def step_fn(model, x, y):
         opt.step()
 
     return step
+
+
+def without_native(step):
+    """`step` with the compiled Walsh-Hadamard transform switched off (torch's matrix
+    products instead), for a side-by-side row."""
+
+    def run():
+        native, hadamard.native = hadamard.native, None
+        try:
+            step()
+        finally:
+            hadamard.native = native
+
+    return run
 
 
 def bench(arch: str, kind: str, dim: int, repeats: int) -> dict | None:
@@ -58,6 +72,8 @@ def bench(arch: str, kind: str, dim: int, repeats: int) -> dict | None:
             torch.mv(rows.t(), c)
 
         fns["floor"] = floor
+    if kind == "fastfood" and hadamard.native is not None:
+        fns["blocked"] = without_native(fns["subspace"])
     ms = median_ms(fns, repeats)
     row = {
         "model": arch,
@@ -69,6 +85,8 @@ def bench(arch: str, kind: str, dim: int, repeats: int) -> dict | None:
         "subspace_over_plain": ms["subspace"] / ms["plain"],
         "basis_bytes": basis.bytes_held(),
     }
+    if "blocked" in ms:  # the same step with the transform as matrix products
+        row["blocked_transform_over_plain"] = ms["blocked"] / ms["plain"]
     if "floor" in ms:
         row["floor_ms"] = ms["floor"]
         row["subspace_over_floor"] = ms["subspace"] / ms["floor"]

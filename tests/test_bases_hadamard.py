@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from lowdim.bases.hadamard import factor_bits, fwht, hadamard_matrix
+from lowdim.bases import hadamard
+from lowdim.bases.hadamard import factor_bits, fwht, fwht_blocked, hadamard_matrix
 from lowdim.errors import LowdimError
 
 
@@ -58,3 +59,47 @@ def test_factor_bits_split_evenly_and_errors():
         fwht(torch.randn(12))
     with pytest.raises(LowdimError, match="floating-point"):
         fwht(torch.ones(8, dtype=torch.int64))
+
+
+def test_the_compiled_transform_was_built():
+    """`make install` (pip install) compiles src/lowdim/_fwht.c; without a C compiler lowdim
+    installs without it, and this test says so."""
+    assert hadamard.native is not None
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3, 5, 10, 15, 16, 17, 20, 21])
+def test_the_compiled_transform_matches_the_definition(k):
+    """Against float64 butterflies, within float32 rounding: the error of a sum of 2^k terms
+    grows like k, so relative to the largest output 1e-6 holds to 2^21 with room."""
+    x = torch.randn(2, 2**k, generator=torch.Generator().manual_seed(k))
+    reference = butterflies(x.double())
+    y = fwht(x)
+    assert y.dtype == torch.float32 and torch.equal(x, x.clone())
+    assert (y.double() - reference).abs().max() <= 1e-6 * reference.abs().max()
+
+
+def test_the_compiled_transform_gives_the_same_bits_on_any_thread_count():
+    """Each row and each column block is transformed whole by one thread, in one order, so the
+    split over threads changes no bit; batches and strided inputs are taken as they are."""
+    x = torch.randn(3, 2**18, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(fwht(x))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(results[0], r) for r in results[1:])
+    assert torch.equal(fwht(x[1]), results[0][1])
+    assert torch.equal(fwht(x[:, ::2]), fwht(x[:, ::2].contiguous()))
+
+
+def test_autograd_and_other_dtypes_take_the_matrix_products():
+    x = torch.randn(4, 2**12, requires_grad=True)
+    fwht(x).sum().backward()  # d/dx sum(H x) = H 1 = (L, 0, ..., 0) per row (H symmetric)
+    expected = torch.zeros(4, 2**12)
+    expected[:, 0] = 2**12
+    assert torch.equal(x.grad, expected)
+    with torch.no_grad():
+        assert torch.allclose(fwht(x), fwht_blocked(x), rtol=1e-5, atol=1e-3)

@@ -243,8 +243,8 @@ def load_subspace(
     elif weights_digest(sub.export()) != meta["weights_sha256"]:
         raise LowdimError(
             f"{path} does not rebuild the network it was saved from (its weights digest "
-            "differs): the file was changed or damaged, or its seeds regenerate differently on "
-            "this device or lowdim version (save the basis with store_tensors=True)"
+            "differs): the file was changed or damaged, or its products differ in the last bits "
+            "on this device, lowdim version or build (save the basis with store_tensors=True)"
         )
     return sub
 
