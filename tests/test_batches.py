@@ -1,6 +1,7 @@
-"""`fit` and `evaluate` on data that is not a lowdim split: a torch `DataLoader` (with an exact
-mid-epoch resume when its sampler's order depends only on the epoch) and dict batches with the
-user's own `loss_fn(output, batch)`, as Hugging Face models take them."""
+"""`fit` and `evaluate` on data that is not a lowdim split of tensors: a torch `DataLoader` (with
+an exact mid-epoch resume when its sampler's order depends only on the epoch), dict batches
+with the user's own `loss_fn(output, batch)`, and lowdim splits of dict inputs (as a Hugging
+Face tokenizer returns them) trained with the model's own loss."""
 
 import pytest
 import torch
@@ -118,6 +119,59 @@ def test_dict_batches_train_with_the_users_loss(in_subspace):
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     data = dict_batches()
     result = lowdim.fit(model, opt, data, data, epochs=5, loss_fn=dict_loss, progress=False)
-    assert before[1] is None and result.test_acc is None  # no targets fit knows of
+    assert before[1] is not None and result.test_acc is not None  # logits against labels
     assert result.test_loss < before[0] - 0.05
     assert result.history[-1]["step"] == 5 * 6
+
+
+class OwnLoss(nn.Module):
+    """Hugging Face style: computes its own loss when given labels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = net()
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        logits = self.body(input_ids * attention_mask)
+        loss = None if labels is None else F.cross_entropy(logits, labels)
+        return {"loss": loss, "logits": logits}
+
+
+def dict_split() -> lowdim.Split:
+    return lowdim.Split({"input_ids": X, "attention_mask": torch.ones(96, 5)}, Y)
+
+
+def test_a_split_of_dict_inputs_yields_dict_batches_with_labels():
+    batches = list(dict_split().batches(40, shuffle=True, seed=3, epoch=1))
+    assert [len(b["labels"]) for b in batches] == [40, 40, 16]
+    order = torch.cat([b["labels"] for b in batches])
+    plain = torch.cat([y for _, y in lowdim.Split(X, Y).batches(40, shuffle=True, seed=3, epoch=1)])
+    assert torch.equal(order, plain)  # the same order as a tensor split's
+    assert set(batches[0]) == {"input_ids", "attention_mask", "labels"}
+
+
+def test_a_dict_split_trains_with_the_models_own_loss_and_resumes_exactly(tmp_path):
+    def run(folder, epochs, resume=False):
+        torch.manual_seed(0)
+        model = OwnLoss()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        result = lowdim.fit(
+            model, opt, dict_split(), dict_split(), epochs=epochs, batch_size=8,
+            run_dir=folder, checkpoint_every=5, resume=resume, progress=False,
+        )  # fmt: skip
+        return model, result
+
+    whole, result = run(tmp_path / "whole", 2)
+    assert result.test_acc is not None and result.history[0]["train_acc"] is not None
+    assert result.test_loss < result.history[0]["train_loss"]
+    run(tmp_path / "cut", 1)  # one epoch, then resumed to two
+    resumed, _ = run(tmp_path / "cut", 2, resume=True)
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_model_without_a_loss_needs_a_loss_fn():
+    model = DictModel()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(lowdim.LowdimError, match="loss_fn is needed for dict batches"):
+        lowdim.fit(model, opt, dict_split(), dict_split(), epochs=1, batch_size=8, progress=False)

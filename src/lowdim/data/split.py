@@ -74,21 +74,44 @@ def shard_slices(
     return out
 
 
+Inputs = Tensor | dict[str, Tensor]
+
+
+def _rows(x: Inputs, index: Tensor | slice) -> Inputs:
+    """The examples `index` of inputs that are a tensor or a dict of tensors."""
+    if isinstance(x, dict):
+        return {k: _rows(v, index) for k, v in x.items()}
+    return x[index] if isinstance(index, slice) else x.index_select(0, index)
+
+
+def _to(x: Inputs, device, non_blocking: bool = False) -> Inputs:
+    if isinstance(x, dict):
+        return {k: v.to(device, non_blocking=non_blocking) for k, v in x.items()}
+    return x.to(device, non_blocking=non_blocking)
+
+
 class Split:
     """One split of a dataset held as tensors: inputs `x` (N, ...) and targets `y` (N, ...).
 
     Images are x float32 (N, C, H, W) with y int64 (N,); token sequences are x int64 (N, L)
     with y (N, L) (the next tokens) or (N,) (a label per sequence); any shapes whose first
-    dimension is the example. `augment` (default None: none) is applied batch by batch to
-    shuffled passes; see `batches`.
+    dimension is the example. `x` may also be a dict of such tensors, as a Hugging Face
+    tokenizer returns them (input_ids, attention_mask, ...): its batches are then dicts with
+    the targets under "labels", which the model takes as keyword arguments (see
+    `lowdim.train.batches`). `augment` (default None: none) is applied batch by batch to
+    shuffled passes of tensor inputs; see `batches`.
     """
 
-    def __init__(self, x: Tensor, y: Tensor, augment: Augment | None = None) -> None:
-        if x.dim() < 1 or y.dim() < 1 or len(x) != len(y):
+    def __init__(self, x: Inputs, y: Tensor, augment: Augment | None = None) -> None:
+        tensors = list(x.values()) if isinstance(x, dict) else [x]
+        if not tensors or any(t.dim() < 1 or len(t) != len(y) for t in tensors) or y.dim() < 1:
+            shapes = {k: tuple(v.shape) for k, v in x.items()} if isinstance(x, dict) else x.shape
             raise LowdimError(
                 f"a split needs x and y with the examples along their first dimension, got "
-                f"shapes {tuple(x.shape)} and {tuple(y.shape)}"
+                f"shapes {shapes} and {tuple(y.shape)}"
             )
+        if isinstance(x, dict) and (augment is not None or "labels" in x):
+            raise LowdimError("a split of dict inputs takes no augment and no 'labels' in x")
         self.x = x
         self.y = y
         self.augment = augment
@@ -103,7 +126,7 @@ class Split:
     @property
     def device(self) -> torch.device:
         """The device the tensors live on."""
-        return self.x.device
+        return self.y.device
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         """Batches per epoch: ceil(N / batch_size), or floor with `drop_last` (default False)."""
@@ -122,7 +145,7 @@ class Split:
         augment: bool | None = None,
         shard: tuple[int, int] = (0, 1),
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """Yield (x, y) batches of one epoch.
+        """Yield (x, y) batches of one epoch (dict inputs: dicts with y under "labels").
 
         The order is `torch.randperm(N, generator=generator("order", seed, epoch))` when
         `shuffle` (default False), else 0..N-1, so an epoch's batches are a pure function of
@@ -139,26 +162,26 @@ class Split:
         n = len(self)
         slices = shard_slices(n, batch_size, shard, drop_last, start_batch)
         use_augment = (shuffle if augment is None else augment) and self.augment is not None
-        target = torch.device(device) if device is not None else self.x.device
+        target = torch.device(device) if device is not None else self.device
         non_blocking = target.type == "cuda"
-        order = epoch_order(n, shuffle, seed, epoch).to(self.x.device) if shuffle else None
+        order = epoch_order(n, shuffle, seed, epoch).to(self.device) if shuffle else None
         for b, lo, hi in slices:
-            if order is None:
-                # Unshuffled: slices are views, cheaper than gathering.
-                xb, yb = self.x[lo:hi], self.y[lo:hi]
-            else:
-                idx = order[lo:hi]
-                xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
-            xb = xb.to(target, non_blocking=non_blocking)
-            yb = yb.to(target, non_blocking=non_blocking)
+            # Unshuffled: slices are views, cheaper than gathering.
+            index = slice(lo, hi) if order is None else order[lo:hi]
+            xb = _to(_rows(self.x, index), target, non_blocking)
+            yb = _rows(self.y, index).to(target, non_blocking=non_blocking)
             if use_augment:
                 assert self.augment is not None
                 xb = self.augment(xb, augment_generator(seed, epoch, b, shard[0]))
-            yield xb, yb
+            yield {**xb, "labels": yb} if isinstance(xb, dict) else (xb, yb)
+
+    def subset(self, index: Tensor) -> Split:
+        """The examples `index` (an int64 tensor of positions), as a split of their own."""
+        return Split(_rows(self.x, index), self.y.index_select(0, index), self.augment)
 
     def to(self, device: str | torch.device) -> Split:
         """A copy of this split with its tensors on `device` (small datasets fit on a GPU)."""
-        return Split(self.x.to(device), self.y.to(device), self.augment)
+        return Split(_to(self.x, device), self.y.to(device), self.augment)
 
     def with_labels(self, y: Tensor) -> Split:
         """The same images with labels `y` (e.g. corrupted ones)."""

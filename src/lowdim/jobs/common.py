@@ -52,10 +52,7 @@ def holdout_split(train, fraction: float, seed: int):
     if held >= len(train):
         raise BadArgument("holdout", f"{fraction} leaves no training examples")
     keep, out = order[:-held].sort().values, order[-held:].sort().values
-    return (
-        Split(train.x[keep], train.y[keep], train.augment),
-        Split(train.x[out], train.y[out], train.augment),
-    )
+    return train.subset(keep), train.subset(out)
 
 
 def model_for(cfg: SGDConfig, data: Data, device: torch.device) -> torch.nn.Module:

@@ -8,8 +8,10 @@ batches done, which is exact when its order depends only on the epoch (a seeded 
 `set_epoch` is called where the sampler has it, as torch's `DistributedSampler` does).
 
 A batch is `(inputs, targets)` of any shapes (images and labels, token ids and next tokens),
-or a dict (Hugging Face style) passed as keyword arguments with the loss from the user's
-`loss_fn(output, batch)`.
+or a dict (Hugging Face style: input_ids, attention_mask, labels, ...) passed as keyword
+arguments. A dict batch's loss is the user's `loss_fn(output, batch)`, or by default the
+model's own (`output.loss`, which a Hugging Face model computes when given labels); its
+accuracy is counted where the output has `logits` and the batch `labels` of their shape.
 """
 
 from __future__ import annotations
@@ -56,13 +58,35 @@ def forward_loss(model, batch, loss_fn) -> tuple[Tensor, Tensor | None]:
     output's argmax over its last dimension equals the target, for integer targets shaped like
     the output without its last dimension."""
     if isinstance(batch, Mapping):
-        return loss_fn(model(**batch), batch), None
+        out = model(**batch)
+        loss = model_loss(out, batch) if loss_fn is cross_entropy else loss_fn(out, batch)
+        logits = out.get("logits") if isinstance(out, Mapping) else getattr(out, "logits", None)
+        return loss, _hits(logits, batch.get("labels"))
     x, y = batch
     out = model(x)
-    loss = loss_fn(out, y)
+    return loss_fn(out, y), _hits(out, y)
+
+
+def _hits(out: Tensor | None, y: Tensor | None) -> Tensor | None:
+    """How many of the output's argmax over its last dimension equal the targets, or None
+    where the targets are not classes of the output (absent, floating, or shaped otherwise)."""
+    if not isinstance(out, Tensor) or not isinstance(y, Tensor):
+        return None
     if y.is_floating_point() or out.shape[:-1] != y.shape:
-        return loss, None
-    return loss, (out.detach().argmax(-1) == y).sum()
+        return None
+    return (out.detach().argmax(-1) == y).sum()
+
+
+def model_loss(output, batch) -> Tensor:
+    """A dict batch's default loss: the model's own, `output.loss` (or `output["loss"]`)."""
+    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    if not isinstance(loss, Tensor):
+        raise BadArgument(
+            "loss_fn",
+            f"is needed for dict batches when the model returns no loss (its output is a "
+            f"{type(output).__name__}; give the batch labels, or pass loss_fn(output, batch))",
+        )
+    return loss
 
 
 class Batches:
