@@ -37,7 +37,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from lowdim.bases.gaussian import GaussianBasis
-from lowdim.compress import load_subspace_model, read_subspace, save_subspace_model
+from lowdim.compress import read_subspace
+from lowdim.compress_zoo import load_subspace_model, save_subspace_model
 from lowdim.data import cifar as cifar_mod
 from lowdim.data.idx import parse_idx, read_idx
 from lowdim.data.safepickle import load_pickle

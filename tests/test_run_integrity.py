@@ -15,7 +15,7 @@ from test_hostile_inputs import edit_metadata, flip_bytes
 import lowdim.jobs.rundir
 from lowdim.bases import pca_of_rows
 from lowdim.cli import main
-from lowdim.compress import load_subspace_model
+from lowdim.compress_zoo import load_subspace_model
 from lowdim.errors import LowdimError
 from lowdim.trajectory import Trajectory, TrajectoryRecorder
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from lowdim.bases import DenseBasis
-from lowdim.compress import load_subspace_model, save_subspace_model
+from lowdim.compress_zoo import load_subspace_model, save_subspace_model
 from lowdim.errors import LowdimError
 from lowdim.models import build_model
 from lowdim.params import FlatParams

@@ -122,3 +122,44 @@ def test_a_refused_module_is_left_as_it_was(tmp_path):
         SubspaceModel.load(other, tmp_path / "seeds")
     assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
     assert all(p.requires_grad for p in other.head.parameters())
+
+
+def test_a_head_trains_directly_beside_the_subspace_and_reloads(tmp_path):
+    before = build(0).head[2].weight.detach().clone()
+    model = trained(direct=["head.2.*"])
+    assert model.num_params == 12 * 16 + 16  # head.2 is out of theta ...
+    assert model.trainable_numbers == 20 + 16 * 3 + 3  # ... and trains beside c
+    assert not torch.equal(model.module.head[2].weight, before)
+    model.save(tmp_path / "saved")
+    fresh = build(0)
+    loaded = SubspaceModel.load(fresh, tmp_path / "saved").eval()
+    assert torch.equal(loaded(X), model(X))
+    assert loaded.module.head[2].weight.requires_grad  # still trained directly
+    with pytest.raises(LowdimError, match="leaves no parameter in theta"):
+        SubspaceModel.random(build(0), "dense", 4, direct=["head.*"])
+
+
+@pytest.mark.parametrize(("rule", "groups"), [("param", 4), ("layer", 2)])
+def test_said_scales_one_per_layer_counted_in_d_and_saved(tmp_path, rule, groups):
+    model = trained("fastfood", layer_scales=rule)
+    assert model.scales.numel() == groups and model.dim == 20 - groups
+    assert model.trainable_numbers == 20  # SAID's d counts its scales
+    assert not torch.equal(model.scales.detach(), torch.ones(groups))  # they trained
+    # theta = anchor + lambda (.) P c, lambda repeated over each layer's slice of theta
+    sizes = [12 * 16, 16, 16 * 3, 3] if rule == "param" else [12 * 16 + 16, 16 * 3 + 3]
+    step = model.basis.expand(model.coords.detach())
+    expected = model.anchor + step * model.scales.detach().repeat_interleave(torch.tensor(sizes))
+    assert torch.allclose(model.theta().detach(), expected, rtol=0, atol=1e-6)
+    model.save(tmp_path / "saved")
+    loaded = SubspaceModel.load(build(0), tmp_path / "saved").eval()
+    assert torch.equal(loaded(X), model(X)) and torch.equal(loaded.scales, model.scales)
+
+
+def test_freeze_keeps_matching_parameters_out_of_theta():
+    from lowdim.params import freeze
+
+    module = build(0)
+    assert freeze(module, "head.0.*") == 2
+    assert SubspaceModel.random(module, "dense", 4).num_params == 16 * 3 + 3
+    with pytest.raises(LowdimError, match="no parameter name matches"):
+        freeze(module, "decoder.*")

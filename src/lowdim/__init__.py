@@ -20,7 +20,7 @@ from .bases import (
     trajectory_pca,
     trajectory_span,
 )
-from .compress import load_subspace_model, save_subspace_model
+from .compress_zoo import load_subspace_model, save_subspace_model
 from .data import DATASETS, Data, Split, corrupt_labels, load_dataset
 from .errors import LowdimError
 from .jobs import (

@@ -6,6 +6,8 @@ One safetensors file holds, under prefixed names,
     basis.<name>      the basis's tensors, only where it keeps them (`store_tensors`); a seeded
                       basis is otherwise stored as its seed and sizes alone
     buffer.<name>     the module's buffers (BatchNorm statistics, ...): training changes them
+    direct.<name>     the parameters trained directly beside c (`SubspaceModel(direct=...)`)
+    scales            SAID's per-layer scales, where the model has them
     anchor, frozen.<name>   theta_0 and the frozen parameters, only with `store_anchor`
 
 and in its metadata (each value JSON) the format, the layout of theta (names and shapes), the
@@ -17,15 +19,16 @@ Without `store_anchor`, the anchor is not stored: `load_subspace(module, path)` 
 the module the user rebuilt (under the same seed, or from the same pretrained weights) and
 refuses a module whose anchor digest differs, instead of silently training-free garbage. The
 zoo's compressed models (`lowdim compress`, `evaluate`) are the same files plus the zoo's names
-(arch, dataset, shapes, the anchor's seed), so `load_subspace_model(path)` rebuilds the module
-itself. Loading never touches the caller's random state. Files of format 2 (no layout or anchor
-digest) still load; format 1 (no weights digest either) loads with a warning.
+(arch, dataset, shapes, the anchor's seed; see `lowdim.compress_zoo`), so
+`load_subspace_model(path)` rebuilds the module itself. A pretrained base model is referenced
+the same way: not stored, pinned by the anchor digest, its name in `extra`. Loading never
+touches the caller's random state. Files of format 2 (no layout or anchor digest) still load;
+format 1 (no weights digest either) loads with a warning.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -35,8 +38,7 @@ from torch import nn
 from .bases.base import basis_from_state, no_saved_form
 from .errors import LowdimError
 from .io import atomic_write_json, read_tensors, save_tensors, tensors_digest
-from .models import build_model
-from .params import trainable_parameters
+from .params import matches, trainable_parameters
 from .subspace_model import SubspaceModel
 
 FORMAT = "lowdim-subspace-3"
@@ -58,6 +60,7 @@ ZOO = {
     "test_acc": (int, float, type(None)),
 }
 NEWER = {"layout": (list,), "anchor_sha256": (str,), "weights_sha256": (str,)}
+OPTIONAL = {"direct": (list,), "layer_scales": (str, type(None))}  # absent: () and None
 TEXT = {
     "arch",
     "dataset",
@@ -73,9 +76,19 @@ def weights_digest(module: nn.Module) -> str:
 
 
 def _frozen(model: SubspaceModel) -> dict[str, torch.Tensor]:
-    """The wrapped module's parameters outside theta (frozen before wrapping)."""
+    """The wrapped module's parameters outside theta and not trained directly (frozen before
+    wrapping)."""
     theta = {s.name for s in model.specs}
-    return {n: p.detach() for n, p in model.module.named_parameters() if n not in theta}
+    return {
+        n: p.detach()
+        for n, p in model.module.named_parameters()
+        if n not in theta and not matches(n, model.direct)
+    }
+
+
+def _direct(module: nn.Module, patterns) -> dict[str, nn.Parameter]:
+    """The parameters of `module` trained directly beside the subspace."""
+    return {n: p for n, p in module.named_parameters() if p.requires_grad and matches(n, patterns)}
 
 
 def anchor_digest(anchor: torch.Tensor, frozen: dict[str, torch.Tensor]) -> str:
@@ -109,6 +122,9 @@ def save_subspace(
     tensors = {"coords": model.coords.detach()}
     tensors.update({f"basis.{k}": v for k, v in state["tensors"].items()})
     tensors.update({f"buffer.{k}": v for k, v in module.named_buffers()})
+    tensors.update({f"direct.{k}": v.detach() for k, v in _direct(module, model.direct).items()})
+    if model.scales is not None:
+        tensors["scales"] = model.scales.detach()
     if store_anchor:
         tensors["anchor"] = model.anchor
         tensors.update({f"frozen.{k}": v for k, v in frozen.items()})
@@ -118,6 +134,8 @@ def save_subspace(
         "basis_kind": state["kind"],
         "basis_numbers": state["numbers"],
         "anchor_seed": anchor_seed,
+        "direct": list(model.direct),
+        "layer_scales": model.layer_scales,
         "anchor_sha256": anchor_digest(model.anchor, frozen),
         "weights_sha256": weights_digest(model.export()),
     }
@@ -149,7 +167,8 @@ def read_subspace(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         wanted["weights_sha256"] = (str,)
     if fmt != FORMAT or "arch" in raw:
         wanted |= ZOO
-    meta = {"format": fmt}
+    meta = {"format": fmt, "direct": [], "layer_scales": None}
+    wanted |= {k: v for k, v in OPTIONAL.items() if k in raw}
     for key, kinds in wanted.items():
         if key not in raw:
             raise LowdimError(f"{path}: its metadata lacks {key!r}; the file is damaged")
@@ -188,7 +207,8 @@ def load_subspace(
     weights digest differs from the saved one.
     """
     meta, tensors = read_subspace(path)
-    named = trainable_parameters(module)
+    direct = tuple(meta["direct"])
+    named = [(n, p) for n, p in trainable_parameters(module) if not matches(n, direct)]
     if "layout" in meta and meta["layout"] != [[n, list(p.shape)] for n, p in named]:
         raise LowdimError(
             f"{path} was saved from another architecture (its parameter layout differs)"
@@ -196,7 +216,11 @@ def load_subspace(
     # What the subspace is attached to, checked before the module is touched: the stored
     # anchor and frozen parameters where the file has them, else the module's own.
     theta = {n for n, _ in named}
-    frozen = {n: p.detach() for n, p in module.named_parameters() if n not in theta}
+    frozen = {
+        n: p.detach()
+        for n, p in module.named_parameters()
+        if n not in theta and not matches(n, direct)
+    }
     frozen |= _part(tensors, "frozen.")
     anchor = tensors.get("anchor")
     if anchor is None:
@@ -218,16 +242,22 @@ def load_subspace(
             )
         with torch.no_grad():
             params = dict(module.named_parameters())
-            for name, value in _part(tensors, "frozen.").items():
+            for name, value in (_part(tensors, "frozen.") | _part(tensors, "direct.")).items():
                 params[name].copy_(value)
         module.load_state_dict({**module.state_dict(), **_part(tensors, "buffer.")})
         if device is not None:
             module = module.to(device)
         sub = SubspaceModel(
-            module, basis.to(device) if device is not None else basis, anchor=tensors.get("anchor")
+            module,
+            basis.to(device) if device is not None else basis,
+            anchor=tensors.get("anchor"),
+            direct=direct,
+            layer_scales=meta["layer_scales"],
         )
         with torch.no_grad():
             sub.coords.copy_(tensors["coords"])
+            if sub.scales is not None:
+                sub.scales.copy_(tensors["scales"])
     except LowdimError as e:
         raise LowdimError(f"{path}: {e}") from None
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, OverflowError) as e:
@@ -247,56 +277,3 @@ def load_subspace(
             "on this device, lowdim version or build (save the basis with store_tensors=True)"
         )
     return sub
-
-
-def save_subspace_model(
-    path: str | Path,
-    model: SubspaceModel,
-    *,
-    arch: str,
-    dataset: str,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    anchor_seed: int | None,
-    hidden=None,
-    test_acc: float | None = None,
-) -> None:
-    """A zoo network's compressed file: `save_subspace` plus the names `load_subspace_model`
-    rebuilds it from. `anchor_seed` is the torch seed `lowdim.build_model` built the anchor
-    under; None stores the anchor itself (D numbers)."""
-    zoo = {
-        "arch": arch,
-        "dataset": dataset,
-        "hidden": list(hidden) if hidden else None,
-        "input_shape": list(input_shape),
-        "num_classes": num_classes,
-        "test_acc": test_acc,
-    }
-    save_subspace(path, model, store_anchor=anchor_seed is None, anchor_seed=anchor_seed, extra=zoo)
-
-
-def load_subspace_model(
-    path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict]:
-    """Rebuild a zoo network from its compressed file: (plain module with theta, metadata)."""
-    meta, _ = read_subspace(path)
-    if "arch" not in meta:
-        raise LowdimError(
-            f"{path} holds a model outside lowdim's zoo: load it onto your own module with "
-            "SubspaceModel.load(module, path)"
-        )
-    options = {"hidden": tuple(meta["hidden"])} if meta["hidden"] else {}
-    try:
-        with torch.random.fork_rng(devices=[]):  # the anchor's seed, not the caller's stream
-            torch.manual_seed(meta["anchor_seed"] if meta["anchor_seed"] is not None else 0)
-            module = build_model(
-                meta["arch"], tuple(meta["input_shape"]), meta["num_classes"], **options
-            )
-    except (LowdimError, TypeError, ValueError, RuntimeError) as e:
-        raise LowdimError(f"{path}: {' '.join(str(e).split())[:300]}") from None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        sub = load_subspace(module, path, device=device)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
-    return sub.export(), meta

@@ -13,6 +13,7 @@ parameter storage and would detach the parameters from the flat buffer (`check()
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -43,6 +44,23 @@ def trainable_parameters(
     if not params:
         raise LowdimError("the module has no trainable parameters")
     return params
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    """Whether a parameter name matches any of the glob patterns ("classifier.*", "*.bias")."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def freeze(module: nn.Module, *patterns: str) -> int:
+    """Set `requires_grad` False on the parameters whose names match a glob pattern (such as
+    "*embeddings*"), keeping them out of theta and untrained; return how many tensors matched,
+    or raise LowdimError if none did."""
+    hits = [p for n, p in module.named_parameters() if matches(n, patterns)]
+    if not hits:
+        raise LowdimError(f"patterns: no parameter name matches {list(patterns)}")
+    for p in hits:
+        p.requires_grad_(False)
+    return len(hits)
 
 
 def param_specs(params: list[tuple[str, nn.Parameter]]) -> list[ParamSpec]:

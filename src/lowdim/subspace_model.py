@@ -12,6 +12,7 @@ its buffers (BatchNorm running statistics) stay ordinary buffers, updated in pla
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -21,27 +22,47 @@ from torch.func import functional_call
 from .bases.base import Basis, expand_differentiable
 from .bases.random import per_compartment_basis, random_basis
 from .errors import LowdimError
-from .params import param_specs, trainable_parameters
+from .params import ParamSpec, matches, param_specs, trainable_parameters
 
 
 class SubspaceModel(nn.Module):
     """Train `module` through d coordinates: theta = anchor + P c, c starting at 0.
 
+    With `layer_scales` (SAID, Aghajanyan et al. 2020): theta = anchor + lambda (.) P c, one
+    learned scale lambda_i per layer, repeated over the layer's slice of theta, starting at 1.
+
     Args:
         module: any `nn.Module`; its parameters with `requires_grad` (in `named_parameters()`
-            order) form the flat vector theta, of length D.
+            order) form the flat vector theta, of length D, except those matching `direct`.
         basis: P, with `basis.num_params == D`, on the module's device and dtype.
         anchor: theta at c = 0 (default: the module's current parameters, theta_0).
+        direct: glob patterns of parameter names (default none) that stay out of theta and
+            train directly beside c, as a classifier head often does; parameters with
+            `requires_grad` False stay frozen (see `lowdim.params.freeze`).
+        layer_scales: None (default), "param" (a scale per parameter tensor) or "layer" (per
+            module holding parameters): SAID's learned scales.
 
     Attributes:
         coords: the trainable parameter c, shape (d,).
+        scales: lambda, shape (number of layers,), or None.
         anchor: a buffer, shape (D,).
         specs: where each named parameter sits in theta.
     """
 
-    def __init__(self, module: nn.Module, basis: Basis, anchor: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        basis: Basis,
+        anchor: Tensor | None = None,
+        *,
+        direct: Sequence[str] = (),
+        layer_scales: str | None = None,
+    ) -> None:
         super().__init__()
-        named = trainable_parameters(module)
+        self.direct = tuple(direct)
+        named = [(n, p) for n, p in trainable_parameters(module) if not matches(n, self.direct)]
+        if not named:
+            raise LowdimError(f"direct: {list(direct)} leaves no parameter in theta")
         self.specs = param_specs(named)
         num_params = sum(s.numel for s in self.specs)
         if basis.num_params != num_params:
@@ -63,6 +84,14 @@ class SubspaceModel(nn.Module):
         # numbers that never change, so it is left out and a step exchanges only c's gradient.
         self._ddp_params_and_buffers_to_ignore = ["anchor"]
         self.coords = nn.Parameter(torch.zeros(basis.dim, dtype=flat.dtype, device=flat.device))
+        self.layer_scales = layer_scales
+        self.scales: nn.Parameter | None = None
+        self._scale_sizes: list[int] = []
+        if layer_scales is not None:
+            self._scale_sizes = scale_groups(self.specs, layer_scales)
+            self.scales = nn.Parameter(
+                torch.ones(len(self._scale_sizes), dtype=flat.dtype, device=flat.device)
+            )
         self._theta: Tensor | None = None
 
     @classmethod
@@ -77,6 +106,8 @@ class SubspaceModel(nn.Module):
         split: str = "size",
         chunk_size: int | None = None,
         store_tensors: bool = False,
+        direct: Sequence[str] = (),
+        layer_scales: str | None = None,
     ) -> SubspaceModel:
         """`module` reparametrised through a random basis made for it (D read from the module).
 
@@ -88,12 +119,23 @@ class SubspaceModel(nn.Module):
         ("size", default, "equal" or "each"). The basis is
         built on the module's device and dtype; `store_tensors` (default False) makes `save`
         write its tensors too, not only its seed (generator streams differ between devices and
-        library versions).
+        library versions). direct, layer_scales: as for the constructor; with layer_scales,
+        `dim` counts the scales too (SAID's d: dim - layers basis coordinates and one scale per
+        layer), so SAID and a plain basis compare at equal d.
         """
-        named = trainable_parameters(module)
+        named = [(n, p) for n, p in trainable_parameters(module) if not matches(n, direct)]
+        if not named:
+            raise LowdimError(f"direct: {list(direct)} leaves no parameter in theta")
         first = named[0][1]
         num_params = sum(p.numel() for _, p in named)
         options = {"device": first.device, "store_tensors": store_tensors}
+        if layer_scales is not None:  # SAID counts its scales in d
+            scales = len(scale_groups(param_specs(named), layer_scales))
+            if not isinstance(dim, int) or dim <= scales:
+                raise LowdimError(
+                    f"dim: {dim!r} must exceed the {scales} layer scales, which it counts"
+                )
+            dim -= scales
         if compartments is None:
             if not isinstance(dim, int):
                 raise LowdimError(f"dim: one number without compartments, got {dim!r}")
@@ -110,7 +152,8 @@ class SubspaceModel(nn.Module):
                 **options,
             )
         # the kinds draw float32; a float64 model gets the same directions in float64
-        return cls(module, basis if first.dtype == torch.float32 else basis.to(dtype=first.dtype))
+        basis = basis if first.dtype == torch.float32 else basis.to(dtype=first.dtype)
+        return cls(module, basis, direct=direct, layer_scales=layer_scales)
 
     def save(self, directory: str | Path, **metadata) -> None:
         """Write this model PEFT-style into `directory` (see `lowdim.compress.save_subspace`):
@@ -140,9 +183,18 @@ class SubspaceModel(nn.Module):
     def num_params(self) -> int:
         return self.anchor.numel()
 
+    @property
+    def trainable_numbers(self) -> int:
+        """What training changes: d, the scales and the directly trained parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
     def theta(self) -> Tensor:
-        """anchor + P c (differentiable with respect to c)."""
-        return self.anchor + expand_differentiable(self.basis, self.coords)
+        """anchor + P c, or anchor + lambda (.) P c (differentiable in c and lambda)."""
+        step = expand_differentiable(self.basis, self.coords)
+        if self.scales is not None:
+            sizes = torch.tensor(self._scale_sizes, device=self.scales.device)
+            step = step * self.scales.repeat_interleave(sizes, output_size=step.numel())
+        return self.anchor + step
 
     def forward(self, *args, **kwargs):
         theta = self.theta()
@@ -174,3 +226,22 @@ class SubspaceModel(nn.Module):
             named[s.name].copy_(theta[s.offset : s.offset + s.numel].view(s.shape))
             named[s.name].requires_grad_(True)
         return plain
+
+
+def scale_groups(specs: list[ParamSpec], rule: str) -> list[int]:
+    """The lengths of the slices of theta that share one SAID scale, in order: each parameter
+    tensor ("param"), or the parameters of each module together ("layer": names alike up to
+    their last dot)."""
+    if rule == "param":
+        return [s.numel for s in specs]
+    if rule != "layer":
+        raise LowdimError(f"layer_scales: {rule!r} is unknown; choose param or layer")
+    sizes, owners = [], []
+    for s in specs:
+        owner = s.name.rpartition(".")[0]
+        if owners and owners[-1] == owner:
+            sizes[-1] += s.numel
+        else:
+            sizes.append(s.numel)
+            owners.append(owner)
+    return sizes

@@ -8,7 +8,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..bases.random import RANDOM_KINDS
-from ..compress import load_subspace_model, read_subspace
+from ..compress import read_subspace
+from ..compress_zoo import load_subspace_model
 from ..data import load_dataset
 from ..errors import LowdimError
 from ..jobs.intrinsic import IntrinsicConfig, measure_intrinsic_dim

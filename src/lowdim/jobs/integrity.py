@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..bases import load_basis
-from ..compress import load_subspace_model, read_subspace
+from ..compress import read_subspace
+from ..compress_zoo import load_subspace_model
 from ..errors import BadArgument, LowdimError
 from ..io import first_nonfinite, load_tensors
 from ..train.checkpoint import RECORD, verify_checkpoint

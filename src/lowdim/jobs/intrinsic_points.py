@@ -20,7 +20,8 @@ from torch import nn
 from .. import distributed
 from ..bases import random_basis
 from ..bases.random import per_compartment_basis
-from ..compress import save_subspace, save_subspace_model
+from ..compress import save_subspace
+from ..compress_zoo import save_subspace_model
 from ..data import Data
 from ..errors import BadArgument
 from ..io import atomic_write_json
