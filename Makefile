@@ -9,7 +9,7 @@ LINT := $(wildcard src tests benchmarks experiments)
 .PHONY: install demo test test-slow lint bench mnist clean fuzz
 
 # The CPU build of torch is installed first and pinned, so pip never pulls a multi-GB CUDA build.
-$(STAMP): pyproject.toml setup.py src/lowdim/_fwht.c
+$(STAMP): pyproject.toml setup.py src/lowdim/_native.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0

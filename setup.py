@@ -1,7 +1,8 @@
-"""The compiled part of lowdim: the CPU Walsh-Hadamard transform (src/lowdim/_fwht.c).
+"""The compiled part of lowdim: Fastfood's CPU kernels (src/lowdim/_native.c: the Walsh-Hadamard
+transform and the scaled permutation).
 
 Everything else is in pyproject.toml. The extension is optional: where no C compiler is found,
-lowdim installs without it and transforms with torch's matrix products instead.
+lowdim installs without it and runs the same products with torch's operations instead.
 """
 
 from setuptools import Extension, setup
@@ -9,8 +10,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "lowdim._fwht",
-            ["src/lowdim/_fwht.c"],
+            "lowdim._native",
+            ["src/lowdim/_native.c"],
             extra_compile_args=["-O3", "-pthread"],
             extra_link_args=["-pthread"],
             optional=True,

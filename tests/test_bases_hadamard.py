@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from lowdim.bases import hadamard
+from lowdim.bases.fastfood import permute_scale
 from lowdim.bases.hadamard import factor_bits, fwht, fwht_blocked, hadamard_matrix
 from lowdim.errors import LowdimError
 
@@ -62,7 +63,7 @@ def test_factor_bits_split_evenly_and_errors():
 
 
 def test_the_compiled_transform_was_built():
-    """`make install` (pip install) compiles src/lowdim/_fwht.c; without a C compiler lowdim
+    """`make install` (pip install) compiles src/lowdim/_native.c; without a C compiler lowdim
     installs without it, and this test says so."""
     assert hadamard.native is not None
 
@@ -103,3 +104,19 @@ def test_autograd_and_other_dtypes_take_the_matrix_products():
     assert torch.equal(x.grad, expected)
     with torch.no_grad():
         assert torch.allclose(fwht(x), fwht_blocked(x), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("n", [8, 1000, 2**17 + 5])
+def test_the_compiled_permutation_matches_torchs_gather_and_scatter(n):
+    """The same products at the same places, so the very same bits; the transpose undoes the
+    permutation (with unit scales)."""
+    g = torch.Generator().manual_seed(n)
+    x, scale = torch.randn(2, n, generator=g), torch.randn(n, generator=g)
+    perm = torch.randperm(n, generator=g).to(torch.int32)
+    for transpose in (False, True):
+        compiled = permute_scale(x, perm, scale, transpose)
+        torch_ops = permute_scale(x, perm.long(), scale, transpose)  # int64: torch's path
+        assert torch.equal(compiled, torch_ops)
+    ones = torch.ones(n)
+    back = permute_scale(permute_scale(x, perm, ones), perm, ones, transpose=True)
+    assert torch.equal(back, x)

@@ -86,13 +86,12 @@ class SubspaceModel(nn.Module):
         self.coords = nn.Parameter(torch.zeros(basis.dim, dtype=flat.dtype, device=flat.device))
         self.layer_scales = layer_scales
         self.scales: nn.Parameter | None = None
-        self._scale_sizes: list[int] = []
+        self._scale_of: list[int] = []  # the scale of each parameter of theta
         if layer_scales is not None:
-            self._scale_sizes = scale_groups(self.specs, layer_scales)
-            self.scales = nn.Parameter(
-                torch.ones(len(self._scale_sizes), dtype=flat.dtype, device=flat.device)
-            )
-        self._theta: Tensor | None = None
+            self._scale_of = scale_groups(self.specs, layer_scales)
+            count = self._scale_of[-1] + 1
+            self.scales = nn.Parameter(torch.ones(count, dtype=flat.dtype, device=flat.device))
+        self._pieces: list[Tensor] | None = None
 
     @classmethod
     def random(
@@ -130,7 +129,7 @@ class SubspaceModel(nn.Module):
         num_params = sum(p.numel() for _, p in named)
         options = {"device": first.device, "store_tensors": store_tensors}
         if layer_scales is not None:  # SAID counts its scales in d
-            scales = len(scale_groups(param_specs(named), layer_scales))
+            scales = scale_groups(param_specs(named), layer_scales)[-1] + 1
             if not isinstance(dim, int) or dim <= scales:
                 raise LowdimError(
                     f"dim: {dim!r} must exceed the {scales} layer scales, which it counts"
@@ -188,25 +187,36 @@ class SubspaceModel(nn.Module):
         """What training changes: d, the scales and the directly trained parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
+    def pieces(self) -> list[Tensor]:
+        """theta in the parameters' slices: anchor_k + (P c)_k, or with SAID's scales
+        anchor_k + lambda_k (P c)_k (differentiable in c and lambda). P c is split once and
+        each slice computed on its own: a slice's backward would fill a D-sized zero gradient
+        per parameter (103 of them for a BERT), the split's backward concatenates once."""
+        sizes = [s.numel for s in self.specs]
+        steps = expand_differentiable(self.basis, self.coords).split(sizes)
+        anchors = self.anchor.split(sizes)
+        if self.scales is None:
+            return [a + step for a, step in zip(anchors, steps, strict=True)]
+        return [
+            torch.addcmul(a, step, self.scales[k])
+            for a, step, k in zip(anchors, steps, self._scale_of, strict=True)
+        ]
+
     def theta(self) -> Tensor:
-        """anchor + P c, or anchor + lambda (.) P c (differentiable in c and lambda)."""
-        step = expand_differentiable(self.basis, self.coords)
-        if self.scales is not None:
-            sizes = torch.tensor(self._scale_sizes, device=self.scales.device)
-            step = step * self.scales.repeat_interleave(sizes, output_size=step.numel())
-        return self.anchor + step
+        """anchor + P c, or anchor + lambda (.) P c, as one vector of length D."""
+        return torch.cat(self.pieces())
 
     def forward(self, *args, **kwargs):
-        theta = self.theta()
-        self._theta = theta  # kept for `l2_penalty`, so the penalty costs no second product
-        params = {s.name: theta[s.offset : s.offset + s.numel].view(s.shape) for s in self.specs}
+        pieces = self.pieces()
+        self._pieces = pieces  # kept for `l2_penalty`, so the penalty costs no second product
+        params = {s.name: piece.view(s.shape) for s, piece in zip(self.specs, pieces, strict=True)}
         return functional_call(self.module, params, args, kwargs, strict=False)
 
     def l2_penalty(self) -> Tensor:
         """||theta||^2 at the theta of the last forward pass (L2 on the full weights)."""
-        if self._theta is None:
+        if self._pieces is None:
             raise RuntimeError("l2_penalty needs a forward pass first")
-        return self._theta.square().sum()
+        return sum(piece.square().sum() for piece in self._pieces)
 
     def _apply(self, fn, recurse=True):
         # the basis is no module: move it with the anchor (device and dtype)
@@ -229,19 +239,14 @@ class SubspaceModel(nn.Module):
 
 
 def scale_groups(specs: list[ParamSpec], rule: str) -> list[int]:
-    """The lengths of the slices of theta that share one SAID scale, in order: each parameter
-    tensor ("param"), or the parameters of each module together ("layer": names alike up to
-    their last dot)."""
-    if rule == "param":
-        return [s.numel for s in specs]
-    if rule != "layer":
+    """For each parameter of theta, in order, the index of its SAID scale: one per parameter
+    tensor ("param"), or one per module holding parameters ("layer": names alike up to their
+    last dot)."""
+    if rule not in ("param", "layer"):
         raise LowdimError(f"layer_scales: {rule!r} is unknown; choose param or layer")
-    sizes, owners = [], []
+    groups, owner = [], None
     for s in specs:
-        owner = s.name.rpartition(".")[0]
-        if owners and owners[-1] == owner:
-            sizes[-1] += s.numel
-        else:
-            sizes.append(s.numel)
-            owners.append(owner)
-    return sizes
+        name = s.name if rule == "param" else s.name.rpartition(".")[0]
+        groups.append(groups[-1] + (name != owner) if groups else 0)
+        owner = name
+    return groups

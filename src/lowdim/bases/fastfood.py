@@ -37,8 +37,9 @@ from torch import Tensor
 
 from ..errors import LowdimError
 from ..seeding import generator
+from . import hadamard
 from .gaussian import SeededBasis, check_dims, dtype_name, parse_dtype
-from .hadamard import fwht
+from .hadamard import fwht, uses_native
 
 # Measure and normalise each column exactly when d * L is at most this (see the module doc).
 EXACT_NORM_ENTRIES = 1 << 24
@@ -101,6 +102,7 @@ class FastfoodBasis(SeededBasis):
 
     def _setup(self, held: dict[str, Tensor], numbers: dict, store_tensors: bool) -> None:
         self._keep(numbers, store_tensors)
+        self._buffers: tuple[Tensor, Tensor] | None = None
         self._num_params, self._dim = int(numbers["num_params"]), int(numbers["dim"])
         self.length = next_power_of_two(self._num_params)
         self.signs, self.perm, self.gauss = held["signs"], held["permutation"], held["gaussian"]
@@ -140,20 +142,30 @@ class FastfoodBasis(SeededBasis):
 
     def expand(self, c: Tensor) -> Tensor:
         c = c.to(self.gauss.dtype)
-        z = c.new_zeros(*c.shape[:-1], self.length)
-        z[..., : self._dim] = c * self.factors
-        z = fwht(z).index_select(-1, self.perm).mul_(self.gauss)
-        return fwht(z)[..., : self._num_params]
+        a, b = self._scratch(c)
+        a[..., self._dim :] = 0
+        a[..., : self._dim] = c * self.factors
+        a = permute_scale(fwht(a, b), self.perm, self.gauss, out=a)
+        return fwht(a)[..., : self._num_params]  # a new tensor: the caller may keep it
 
     def project(self, g: Tensor) -> Tensor:
         g = g.to(self.gauss.dtype)
-        z = g.new_zeros(*g.shape[:-1], self.length)
-        z[..., : self._num_params] = g
-        z = fwht(z).mul_(self.gauss)
-        # Pi^T as a scatter: (Pi^T z)[perm_i] = z_i, so no inverse permutation is stored
-        # (index_copy_, which takes int64 indices only: half the time of y[..., perm] = z)
-        y = torch.empty_like(z).index_copy_(-1, self.perm.long(), z)
-        return fwht(y)[..., : self._dim].mul_(self.factors)
+        a, b = self._scratch(g)
+        a[..., self._num_params :] = 0
+        a[..., : self._num_params] = g
+        a = permute_scale(fwht(a, b), self.perm, self.gauss, transpose=True, out=a)
+        return fwht(a, b)[..., : self._dim] * self.factors
+
+    def _scratch(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Two L-long buffers for the products' intermediate steps. On the compiled path they
+        are kept between calls: a fresh 2^25-float tensor costs its 32,768 page faults on first
+        write (about 40 ms), more than the transform's own pass. Elsewhere, new ones."""
+        shape = (*x.shape[:-1], self.length)
+        if not uses_native(x):
+            return x.new_empty(shape), x.new_empty(shape)
+        if self._buffers is None or self._buffers[0].shape != shape:
+            self._buffers = (x.new_empty(shape), x.new_empty(shape))
+        return self._buffers
 
     def _held(self) -> dict[str, Tensor]:
         return {"signs": self.signs, "permutation": self.perm, "gaussian": self.gauss}
@@ -171,3 +183,28 @@ class FastfoodBasis(SeededBasis):
             dtype=parse_dtype(numbers["dtype"]),
             exact_norms=bool(numbers["exact_norms"]),
         )
+
+
+def permute_scale(
+    x: Tensor, perm: Tensor, scale: Tensor, transpose: bool = False, out: Tensor | None = None
+) -> Tensor:
+    """G Pi x over the last dimension: y_i = g_i x_{perm_i}; with `transpose`, Pi^T G x: y_{perm_i}
+    = g_i x_i, a scatter, so no inverse permutation is stored. Into `out` if given (contiguous,
+    not x). float32 on the CPU with int32 indices runs the compiled kernel (one pass, threads
+    from `PARALLEL_FROM` elements), all else torch's gather or scatter."""
+    if not hadamard.uses_native(x) or perm.dtype != torch.int32:
+        if transpose:  # index_copy_ (int64 indices only): half the time of y[..., perm] = z
+            y = torch.empty_like(x).index_copy_(-1, perm.long(), x * scale)
+        else:
+            y = x.index_select(-1, perm).mul_(scale)
+        return y if out is None else out.copy_(y)
+    src, scale = x.contiguous(), scale.contiguous()
+    out = torch.empty_like(src) if out is None else out
+    n = src.shape[-1]
+    threads = min(torch.get_num_threads(), 64) if n >= hadamard.PARALLEL_FROM else 1
+    for row_in, row_out in zip(src.reshape(-1, n), out.view(-1, n), strict=True):
+        hadamard.native.permute_scale_float32(
+            row_in.data_ptr(), row_out.data_ptr(), perm.data_ptr(), scale.data_ptr(), n,
+            transpose, threads,
+        )  # fmt: skip
+    return out

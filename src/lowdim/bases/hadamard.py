@@ -17,8 +17,8 @@ must stay small, yet each factor is one more pass over memory. Factors of at mos
 2^MAX_FACTOR_BITS = 32 were the fastest on the CPU for L = 2^12..2^22 (2^18: 1.1 ms against
 1.5 ms for 64 and 4.8 ms for butterflies, one thread).
 
-On the CPU, float32 goes through a compiled transform instead (`lowdim._fwht`, built from
-`_fwht.c` when lowdim is installed): the same Kronecker split into two factors, rows and
+On the CPU, float32 goes through a compiled transform instead (`lowdim._native`, built from
+`_native.c` when lowdim is installed): the same Kronecker split into two factors, rows and
 columns, each transformed by butterflies inside the cache, so the whole transform reads and
 writes memory about twice and adds where the products multiply. Where it was not built (no C
 compiler at install time), on other devices and dtypes, and where autograd records the call,
@@ -33,7 +33,7 @@ from torch import Tensor
 from ..errors import LowdimError
 
 try:  # the compiled transform; absent where no C compiler was found at install time
-    from .. import _fwht as native
+    from .. import _native as native
 except ImportError:  # pragma: no cover - depends on the machine that installed lowdim
     native = None
 
@@ -72,20 +72,19 @@ def factor_bits(k: int, max_bits: int = MAX_FACTOR_BITS) -> list[int]:
     return [k // parts + (1 if t < k % parts else 0) for t in range(parts)]
 
 
-def fwht(x: Tensor) -> Tensor:
+def fwht(x: Tensor, out: Tensor | None = None) -> Tensor:
     """H_L x over the last dimension of x (length L = 2^k), unnormalised: fwht(fwht(x)) = L x.
 
     Accepts any batch shape (..., L) and any floating dtype; returns a new tensor of the same
-    shape and dtype on the same device (x is not modified). float32 on the CPU runs the
-    compiled transform where it was built, on torch's thread count; all else `fwht_blocked`.
+    shape and dtype on the same device (x is not modified), or writes into `out` (contiguous,
+    not x) and returns it. float32 on the CPU runs the compiled transform where it was built,
+    on torch's thread count; all else `fwht_blocked`.
     """
     _check(x)
-    if native is None or x.device.type != "cpu" or x.dtype != torch.float32:
-        return fwht_blocked(x)
-    if x.requires_grad and torch.is_grad_enabled():  # autograd needs the recorded products
-        return fwht_blocked(x)
+    if not uses_native(x):
+        return fwht_blocked(x) if out is None else out.copy_(fwht_blocked(x))
     src = x.contiguous()
-    out = torch.empty_like(src)
+    out = torch.empty_like(src) if out is None else out
     length = x.shape[-1]
     # Threads pay only on large transforms: torch's own workers spin for a while after each
     # parallel op and would contend with ours on short ones (2^18: 0.40 ms on two threads
@@ -93,6 +92,14 @@ def fwht(x: Tensor) -> Tensor:
     threads = min(torch.get_num_threads(), 64) if x.numel() >= PARALLEL_FROM else 1
     native.fwht_float32(src.data_ptr(), out.data_ptr(), src.numel() // length, length, threads)
     return out
+
+
+def uses_native(x: Tensor) -> bool:
+    """Whether the compiled kernels take `x`: built, float32 on the CPU, and not recorded by
+    autograd (which needs the products it can differentiate)."""
+    if native is None or x.device.type != "cpu" or x.dtype != torch.float32:
+        return False
+    return not (x.requires_grad and torch.is_grad_enabled())
 
 
 def _check(x: Tensor) -> None:

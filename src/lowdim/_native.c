@@ -1,5 +1,7 @@
-/* The fast Walsh-Hadamard transform of float32 vectors on the CPU, in two passes over memory.
+/* Fastfood's CPU kernels for float32: the fast Walsh-Hadamard transform in two passes over
+ * memory, and the scaled permutation G Pi (and its transpose) in one.
  *
+ * The transform.
  * H_n for n = R * C (both powers of two) is H_R (x) H_C, so with x read as a row-major R x C
  * array, H_n x applies H_C along every row and then H_R along every column. A row of C <= 2^15
  * floats (128 kB) stays in the L2 cache while all of its log2(C) butterfly stages run; the
@@ -11,6 +13,11 @@
  * The butterflies are unnormalised: transforming twice gives n x. Work is split over `threads`
  * POSIX threads (rows, then column blocks); the GIL is released meanwhile. Called from
  * lowdim.bases.hadamard, which checks the arguments; this file holds no Python logic.
+ *
+ * The permutation. y = G Pi x reads x at random places: one pass with every lookup a likely
+ * cache miss, which several threads overlap; torch needs a gather and then a multiply (and for
+ * the transpose a scatter, with int64 indices where lowdim stores int32). Called from
+ * lowdim.bases.fastfood.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -23,6 +30,7 @@
 #define COLUMNS_AT_ONCE 16
 #define L1_FLOATS 2048 /* 8 kB */
 #define MAX_THREADS 64
+#define PREFETCH_AHEAD 32
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
 #define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
@@ -115,6 +123,37 @@ static void transform_columns(float *x, int64_t rows, int64_t stride, float *scr
 }
 
 typedef struct {
+    const float *src, *scale;
+    const int32_t *perm;
+    float *dst;
+    int64_t first, last;
+    int inverse;
+} Permute;
+
+/* inverse = 0: dst[i] = scale[i] * src[perm[i]]; 1: dst[perm[i]] = scale[i] * src[i]. */
+static void *permute_range(void *arg) {
+    Permute *w = (Permute *)arg;
+    const float *src = w->src, *scale = w->scale;
+    const int32_t *perm = w->perm;
+    float *dst = w->dst;
+    /* Each lookup is a cache (and TLB) miss: asking for the one PREFETCH_AHEAD places on
+     * keeps that many in flight instead of waiting for each in turn. */
+    int64_t last = w->last, ahead = last - PREFETCH_AHEAD;
+    if (w->inverse) {
+        for (int64_t i = w->first; i < last; i++) {
+            if (i < ahead) __builtin_prefetch(dst + perm[i + PREFETCH_AHEAD], 1, 0);
+            dst[perm[i]] = scale[i] * src[i];
+        }
+    } else {
+        for (int64_t i = w->first; i < last; i++) {
+            if (i < ahead) __builtin_prefetch(src + perm[i + PREFETCH_AHEAD], 0, 0);
+            dst[i] = scale[i] * src[perm[i]];
+        }
+    }
+    return NULL;
+}
+
+typedef struct {
     const float *src;
     float *dst;
     int64_t vectors, length, row, rows; /* each vector: rows x row */
@@ -191,12 +230,45 @@ static PyObject *fwht_float32(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *permute_scale_float32(PyObject *self, PyObject *args) {
+    unsigned long long src, dst, perm, scale;
+    Py_ssize_t n;
+    int inverse, threads;
+    if (!PyArg_ParseTuple(args, "KKKKnpi", &src, &dst, &perm, &scale, &n, &inverse, &threads))
+        return NULL;
+    if (n < 0 || threads > MAX_THREADS) {
+        PyErr_SetString(PyExc_ValueError, "n must be >= 0, threads at most 64");
+        return NULL;
+    }
+    if (threads < 1 || n < ((int64_t)1 << 17)) threads = 1;
+    pthread_t ids[MAX_THREADS];
+    Permute parts[MAX_THREADS];
+    int started = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (int k = 0; k < threads; k++) {
+        parts[k] = (Permute){(const float *)(uintptr_t)src, (const float *)(uintptr_t)scale,
+                             (const int32_t *)(uintptr_t)perm, (float *)(uintptr_t)dst,
+                             n * k / threads, n * (k + 1) / threads, inverse};
+        if (k == threads - 1 || pthread_create(&ids[k], NULL, permute_range, &parts[k]) != 0)
+            permute_range(&parts[k]);
+        else
+            started = k + 1;
+    }
+    for (int k = 0; k < started; k++) pthread_join(ids[k], NULL);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"fwht_float32", fwht_float32, METH_VARARGS,
      "fwht_float32(src, dst, vectors, length, threads): H x of each of `vectors` contiguous "
      "float32 vectors of `length` (a power of two) at address src, written to dst."},
+    {"permute_scale_float32", permute_scale_float32, METH_VARARGS,
+     "permute_scale_float32(src, dst, perm, scale, n, inverse, threads): dst[i] = scale[i] * "
+     "src[perm[i]], or with inverse dst[perm[i]] = scale[i] * src[i], for i < n (perm int32, a "
+     "permutation of 0..n-1; dst distinct from src)."},
     {NULL, NULL, 0, NULL}};
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fwht", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__fwht(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
