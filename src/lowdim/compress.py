@@ -121,7 +121,8 @@ def save_subspace(
     frozen = _frozen(model)
     tensors = {"coords": model.coords.detach()}
     tensors.update({f"basis.{k}": v for k, v in state["tensors"].items()})
-    tensors.update({f"buffer.{k}": v for k, v in module.named_buffers()})
+    persistent = module.state_dict()  # buffers that load_state_dict takes (not rebuilt ones)
+    tensors.update({f"buffer.{k}": v for k, v in module.named_buffers() if k in persistent})
     tensors.update({f"direct.{k}": v.detach() for k, v in _direct(module, model.direct).items()})
     if model.scales is not None:
         tensors["scales"] = model.scales.detach()
