@@ -5,6 +5,10 @@ from pathlib import Path
 import pytest
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+WORDNET_DIR = Path("/usr/share/wordnet")
+# Pretrained weights come from installed packages; a test that reached for the hub would hang
+# on a machine without the network instead of failing.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def mnist_dir() -> Path:
@@ -25,6 +29,11 @@ def require(path: Path, how: str) -> Path:
 @pytest.fixture
 def fashion_dir() -> Path:
     return require(FASHION_DIR, "apt-get install dataset-fashion-mnist")
+
+
+@pytest.fixture
+def wordnet_dir() -> Path:
+    return require(WORDNET_DIR, "apt-get install wordnet-base")
 
 
 @pytest.fixture
