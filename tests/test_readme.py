@@ -33,3 +33,12 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
     sub, restored = namespace["lm_sub"].eval(), namespace["restored"].eval()
     assert torch.equal(restored(tokens), sub(tokens))
     assert (tmp_path / "runs/lm-fastfood/subspace_config.json").exists()
+    # subspace fine-tuning of the pretrained MiniLM: SAID's 103 scales counted in its d, and
+    # the saved model restored exactly onto a freshly loaded base
+    said = namespace["said"].eval()
+    assert said.scales.numel() == 103 and said.coords.numel() + 103 == 1000
+    torch.manual_seed(0)  # the README built its head under another state: stored beside c
+    base, _ = lowdim.hf.pretrained_classifier(lowdim.hf.MINILM, num_labels=26)
+    restored_said = lowdim.SubspaceModel.load(base, tmp_path / "runs/minilm-said").eval()
+    batch = next(namespace["held_out"].batches(16))
+    assert torch.equal(restored_said(**batch).logits, said(**batch).logits)
