@@ -13,6 +13,7 @@ BENCHMARKS = [
     "bench_twa.py",
     "bench_integrity.py",
     "bench_view_check.py",
+    "bench_finetune.py",
 ]
 
 if __name__ == "__main__":
