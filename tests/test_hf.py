@@ -89,3 +89,28 @@ def test_the_flat_optimisers_take_a_hugging_face_model_and_dict_batches():
     assert delta.norm() > 0
     residual = delta - basis.expand(basis.project(delta.float())).double()
     assert residual.norm() <= 1e-4 * delta.norm()  # it moved only along the 8 directions
+
+
+def test_the_intrinsic_dimension_of_fine_tuning_a_hugging_face_model(tmp_path):
+    """`measure_intrinsic_dim` on the user's pretrained-style module and token dicts: SAID's
+    scales counted in each d, the head trained beside the subspace, points that reload."""
+    data = lowdim.Data("tiny-tokens", TRAIN, TEST, CLASSES, (LENGTH,), 0.0, 0.0, None)
+    base = tiny_bert()
+    cfg = lowdim.IntrinsicConfig(
+        dims=[60, 120], epochs=2, batch_size=32, lr=0.05, baseline_lr=1e-3,
+        layer_scales="param", direct=["classifier.*"], device="cpu",
+    )  # fmt: skip
+    summary = lowdim.measure_intrinsic_dim(cfg, tmp_path, data=data, model=base, progress=False)
+    theta = sum(p.numel() for n, p in base.named_parameters() if not n.startswith("classifier"))
+    assert summary["num_params"] == theta and summary["arch"] == "BertForSequenceClassification"
+    assert [r["dim"] for r in summary["rows"]] == [60, 120]
+    point = lowdim.SubspaceModel.load(tiny_bert(), tmp_path / "points" / "d120-s0")
+    assert point.scales.numel() + point.coords.numel() == 120  # SAID's d counts its scales
+    _, acc = lowdim.evaluate(point, TEST)
+    assert acc == pytest.approx(summary["rows"][1]["test_acc"])
+    too_small = lowdim.IntrinsicConfig(
+        dims=[20], layer_scales="param", direct=["classifier.*"], device="cpu"
+    )
+    with pytest.raises(lowdim.LowdimError, match="must exceed the 39 layer scales"):
+        lowdim.measure_intrinsic_dim(too_small, tmp_path / "no", data=data, model=base)
+    assert not (tmp_path / "no").exists()  # refused before anything was written

@@ -137,6 +137,10 @@ def test_a_head_trains_directly_beside_the_subspace_and_reloads(tmp_path):
     assert loaded.module.head[2].weight.requires_grad  # still trained directly
     with pytest.raises(LowdimError, match="leaves no parameter in theta"):
         SubspaceModel.random(build(0), "dense", 4, direct=["head.*"])
+    per_layer = SubspaceModel.random(
+        build(0), "dense", 6, compartments="layer", direct=["head.2.*"]
+    )
+    assert per_layer.basis.num_params == 12 * 16 + 16 and len(per_layer.basis.blocks) == 1
 
 
 @pytest.mark.parametrize(("rule", "groups"), [("param", 4), ("layer", 2)])

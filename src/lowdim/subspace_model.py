@@ -22,7 +22,7 @@ from torch.func import functional_call
 from .bases.base import Basis, expand_differentiable
 from .bases.random import per_compartment_basis, random_basis
 from .errors import LowdimError
-from .params import ParamSpec, matches, param_specs, trainable_parameters
+from .params import ParamSpec, layout_of, matches, param_specs, trainable_parameters
 
 
 class SubspaceModel(nn.Module):
@@ -142,7 +142,7 @@ class SubspaceModel(nn.Module):
         else:
             basis = per_compartment_basis(
                 kind,
-                module,
+                layout_of(param_specs(named)),  # theta's parameters: not the direct ones
                 dim,
                 seed,
                 by=compartments,

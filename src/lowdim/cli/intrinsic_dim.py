@@ -71,6 +71,21 @@ def _add_subspace_options(p: argparse.ArgumentParser, d: IntrinsicConfig) -> Non
         default=None,
         help="the largest d that --search tries (default: D, the number of parameters)",
     )
+    p.add_argument(
+        "--layer-scales",
+        choices=("param", "layer"),
+        default=None,
+        help="SAID: a learned scale per parameter tensor or per layer, counted in d "
+        "(default: none, DID)",
+    )
+    p.add_argument(
+        "--direct",
+        nargs="*",
+        default=[],
+        metavar="PATTERN",
+        help="parameters (glob patterns of names) trained directly beside the subspace "
+        "(default: none)",
+    )
     p.add_argument("--seeds", type=int, default=d.seeds, help="seeds per d")
     p.add_argument("--seed", type=int, default=d.seed, help="first seed")
 

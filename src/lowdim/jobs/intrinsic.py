@@ -31,14 +31,14 @@ from ..data import Data, load_dataset
 from ..errors import BadArgument, check_finite, check_seed
 from ..io import atomic_write_json
 from ..optim.optimizer import check_rates
-from ..params import FlatParams
+from ..params import matches, trainable_parameters
 from ..train.loop import check_checkpoint_every
 from .common import arch_of, resolve_device
 from .intrinsic_points import (
     POINT_KEYS,
     ModelArg,
     build_module,
-    make_basis,
+    point_model,
     point_module,
     sgd_config,
 )
@@ -63,6 +63,11 @@ class IntrinsicConfig:
     digits give 12 per epoch) a subspace of d coordinates barely moves at 1e-3. So `lr` None
     (the default) means 1e-3 on training sets of at least SMALL_DATA examples and 0.1 below
     (direct training would diverge at 0.1, hence the separate baseline rate).
+
+    For fine-tuning: `layer_scales` "param" or "layer" (default None) adds SAID's learned scale
+    per layer, counted in each d (None: DID, the global projection alone); `direct` (default
+    none) names parameters, by glob pattern, that train directly beside the subspace (a new
+    classifier head); see `lowdim.SubspaceModel`.
     """
 
     dataset: str = "digits"
@@ -70,6 +75,8 @@ class IntrinsicConfig:
     hidden: list[int] | None = None
     projection: str = "fastfood"
     per_layer: bool = False
+    layer_scales: str | None = None
+    direct: list[str] = field(default_factory=list)
     dims: list[int] = field(default_factory=list)
     search: bool = False
     search_min: int = 10
@@ -122,7 +129,8 @@ def _resolved(
     lie in [1, D] and a per-layer split is tried, so bad options fail before anything is
     written."""
     module = point_module(cfg, data, cfg.seed, torch.device("cpu"), model)
-    probe = FlatParams(module)
+    theta = [p for n, p in trainable_parameters(module) if not matches(n, cfg.direct)]
+    num_params = sum(p.numel() for p in theta)  # D: the parameters the subspace moves
     cfg = replace(
         cfg,
         dataset=data.name if own_data else cfg.dataset,
@@ -130,12 +138,12 @@ def _resolved(
     )
     if cfg.lr is None:
         cfg = replace(cfg, lr=1e-3 if len(data.train) >= SMALL_DATA else 0.1)
-    bad = [d for d in cfg.dims if not 1 <= d <= probe.numel]
+    bad = [d for d in cfg.dims if not 1 <= d <= num_params]
     if bad:
-        raise BadArgument("dims", f"{bad[0]} must be between 1 and D = {probe.numel}")
-    if cfg.per_layer:  # check the per-layer split before anything is written
-        make_basis(cfg, probe, min(cfg.dims or [cfg.search_min]), cfg.seed, "cpu")
-    return cfg, probe.numel
+        raise BadArgument("dims", f"{bad[0]} must be between 1 and D = {num_params}")
+    if cfg.per_layer or cfg.layer_scales:  # the split and the scales, before anything is written
+        point_model(cfg, module, min(cfg.dims or [cfg.search_min]), cfg.seed)
+    return cfg, num_params
 
 
 def _check_finished_points(save_dir: Path) -> None:

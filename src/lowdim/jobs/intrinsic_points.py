@@ -18,14 +18,11 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..bases import random_basis
-from ..bases.random import per_compartment_basis
 from ..compress import save_subspace
 from ..compress_zoo import save_subspace_model
 from ..data import Data
 from ..errors import BadArgument
 from ..io import atomic_write_json
-from ..params import FlatParams
 from ..seeding import derive_seed
 from ..subspace_model import SubspaceModel
 from ..train import build_optimizer, fit
@@ -34,7 +31,6 @@ from .rundir import check_summary, read_json_object
 from .sampling import SGDConfig
 
 if TYPE_CHECKING:
-    from ..bases import Basis
     from ..train.loop import FitResult
     from .intrinsic import IntrinsicConfig
 
@@ -96,14 +92,19 @@ def point_module(
     return build_module(model, seed).to(device)
 
 
-def make_basis(
-    cfg: IntrinsicConfig, flat: FlatParams, dim: int, seed: int, device: torch.device | str
-) -> Basis:
-    """The random basis of one point: global or one per layer, seeded by (seed, d)."""
-    basis_seed = derive_seed("intrinsic", seed, dim)
-    if cfg.per_layer:
-        return per_compartment_basis(cfg.projection, flat, dim, basis_seed, device=device)
-    return random_basis(cfg.projection, flat.numel, dim, basis_seed, device=device)
+def point_model(cfg: IntrinsicConfig, module: nn.Module, dim: int, seed: int) -> SubspaceModel:
+    """`module` in the random subspace of one point, seeded by (seed, d): the basis global or
+    one per layer (`cfg.per_layer`), with SAID's scales counted in d (`cfg.layer_scales`) and
+    the `cfg.direct` parameters trained beside it."""
+    return SubspaceModel.random(
+        module,
+        cfg.projection,
+        dim,
+        derive_seed("intrinsic", seed, dim),
+        compartments="layer" if cfg.per_layer else None,
+        direct=cfg.direct,
+        layer_scales=cfg.layer_scales,
+    )
 
 
 def _fit_point(
@@ -184,9 +185,7 @@ def train_point(
         row = read_json_object(folder / "summary.json", "point's summary")
         return check_summary(row, folder / "summary.json", POINT_KEYS)
     device = resolve_device(cfg.device)
-    module = point_module(cfg, data, seed, device, model)
-    basis = make_basis(cfg, FlatParams(module), dim, seed, device)
-    sub = SubspaceModel(module, basis)
+    sub = point_model(cfg, point_module(cfg, data, seed, device, model), dim, seed)
     result = _fit_point(cfg, sub, data, seed, device, folder, progress, checkpoint_every)
     row = {
         "dim": dim,
