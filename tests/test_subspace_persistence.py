@@ -167,3 +167,23 @@ def test_freeze_keeps_matching_parameters_out_of_theta():
     assert SubspaceModel.random(module, "dense", 4).num_params == 16 * 3 + 3
     with pytest.raises(LowdimError, match="no parameter name matches"):
         freeze(module, "decoder.*")
+
+
+def test_a_file_of_the_previous_format_with_its_whole_layout_still_loads(tmp_path):
+    from safetensors import safe_open
+
+    model = trained()
+    model.save(tmp_path / "m.safetensors")
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    assert "layout" not in metadata  # a digest pins it: a BERT's layout would be 7 kB
+    layout = [[s.name, list(s.shape)] for s in model.specs]
+    metadata.pop("layout_sha256")
+    metadata |= {"format": "lowdim-subspace-3", "layout": json.dumps(layout)}
+    save_tensors(tmp_path / "v3.safetensors", load_tensors(tmp_path / "m.safetensors"), metadata)
+    loaded = SubspaceModel.load(build(0), tmp_path / "v3.safetensors").eval()
+    assert torch.equal(loaded(X), model(X))
+    metadata["layout"] = json.dumps(layout[1:])
+    save_tensors(tmp_path / "v3.safetensors", load_tensors(tmp_path / "m.safetensors"), metadata)
+    with pytest.raises(LowdimError, match="another architecture"):
+        SubspaceModel.load(build(0), tmp_path / "v3.safetensors")

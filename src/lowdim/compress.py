@@ -10,9 +10,10 @@ One safetensors file holds, under prefixed names,
     scales            SAID's per-layer scales, where the model has them
     anchor, frozen.<name>   theta_0 and the frozen parameters, only with `store_anchor`
 
-and in its metadata (each value JSON) the format, the layout of theta (names and shapes), the
-basis's kind and numbers, `anchor_sha256` (a digest of the anchor and the frozen parameters)
-and `weights_sha256` (a digest of every parameter and buffer of the reconstructed network).
+and in its metadata (each value JSON) the format, `layout_sha256` (a digest of the layout of
+theta: its names and shapes, listed in full in subspace_config.json), the basis's kind and
+numbers, `anchor_sha256` (a digest of the anchor and the frozen parameters) and
+`weights_sha256` (a digest of every parameter and buffer of the reconstructed network).
 `save_subspace(directory, ...)` also writes that metadata as `subspace_config.json`, for reading.
 
 Without `store_anchor`, the anchor is not stored: `load_subspace(module, path)` takes it from
@@ -22,12 +23,13 @@ zoo's compressed models (`lowdim compress`, `evaluate`) are the same files plus 
 (arch, dataset, shapes, the anchor's seed; see `lowdim.compress_zoo`), so
 `load_subspace_model(path)` rebuilds the module itself. A pretrained base model is referenced
 the same way: not stored, pinned by the anchor digest, its name in `extra`. Loading never
-touches the caller's random state. Files of format 2 (no layout or anchor digest) still load;
-format 1 (no weights digest either) loads with a warning.
+touches the caller's random state. Files of format 3 (the whole layout in the file) and 2 (no
+layout or anchor digest) still load; format 1 (no weights digest either) loads with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -41,8 +43,9 @@ from .io import atomic_write_json, read_tensors, save_tensors, tensors_digest
 from .params import matches, trainable_parameters
 from .subspace_model import SubspaceModel
 
-FORMAT = "lowdim-subspace-3"
-OLDER_FORMATS = ("lowdim-subspace-2", "lowdim-subspace-1")  # no layout / no weights digest
+FORMAT = "lowdim-subspace-4"
+# 3: the whole layout in the file's metadata; 2: no layout or anchor digest; 1: no weights digest
+OLDER_FORMATS = ("lowdim-subspace-3", "lowdim-subspace-2", "lowdim-subspace-1")
 FILE = "subspace.safetensors"
 CONFIG_FILE = "subspace_config.json"
 # metadata key -> accepted JSON types; the zoo's keys are optional
@@ -59,7 +62,10 @@ ZOO = {
     "num_classes": (int,),
     "test_acc": (int, float, type(None)),
 }
-NEWER = {"layout": (list,), "anchor_sha256": (str,), "weights_sha256": (str,)}
+DIGESTS = {"anchor_sha256": (str,), "weights_sha256": (str,)}
+# The file pins the layout by its digest (a BERT's 105 names and shapes would be 7 kB of the
+# file); subspace_config.json beside it lists the layout itself.
+NEWER = {"layout_sha256": (str,), **DIGESTS}
 OPTIONAL = {"direct": (list,), "layer_scales": (str, type(None))}  # absent: () and None
 TEXT = {
     "arch",
@@ -67,6 +73,7 @@ TEXT = {
     "basis_kind",
     "anchor_sha256",
     "weights_sha256",
+    "layout_sha256",
 }  # stored as is, not JSON
 
 
@@ -89,6 +96,11 @@ def _frozen(model: SubspaceModel) -> dict[str, torch.Tensor]:
 def _direct(module: nn.Module, patterns) -> dict[str, nn.Parameter]:
     """The parameters of `module` trained directly beside the subspace."""
     return {n: p for n, p in module.named_parameters() if p.requires_grad and matches(n, patterns)}
+
+
+def layout_digest(layout: list) -> str:
+    """sha256 of theta's layout ([name, shape] per parameter) as compact JSON."""
+    return hashlib.sha256(json.dumps(layout, separators=(",", ":")).encode()).hexdigest()
 
 
 def anchor_digest(anchor: torch.Tensor, frozen: dict[str, torch.Tensor]) -> str:
@@ -129,9 +141,10 @@ def save_subspace(
     if store_anchor:
         tensors["anchor"] = model.anchor
         tensors.update({f"frozen.{k}": v for k, v in frozen.items()})
+    layout = [[s.name, list(s.shape)] for s in model.specs]
     meta = {
         **(extra or {}),
-        "layout": [[s.name, list(s.shape)] for s in model.specs],
+        "layout_sha256": layout_digest(layout),
         "basis_kind": state["kind"],
         "basis_numbers": state["numbers"],
         "anchor_seed": anchor_seed,
@@ -148,7 +161,7 @@ def save_subspace(
     path.mkdir(parents=True, exist_ok=True)
     # the file the loader reads first; the readable copy of its metadata after it
     save_tensors(path / FILE, tensors, metadata={"format": FORMAT, **encoded})
-    atomic_write_json(path / CONFIG_FILE, {"format": FORMAT, **meta})
+    atomic_write_json(path / CONFIG_FILE, {"format": FORMAT, **meta, "layout": layout})
 
 
 def read_subspace(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -164,9 +177,11 @@ def read_subspace(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     wanted = dict(REQUIRED)
     if fmt == FORMAT:
         wanted |= NEWER
-    elif fmt == OLDER_FORMATS[0]:
+    elif fmt == "lowdim-subspace-3":
+        wanted |= {"layout": (list,), **DIGESTS}
+    elif fmt == "lowdim-subspace-2":
         wanted["weights_sha256"] = (str,)
-    if fmt != FORMAT or "arch" in raw:
+    if fmt not in (FORMAT, "lowdim-subspace-3") or "arch" in raw:
         wanted |= ZOO
     meta = {"format": fmt, "direct": [], "layer_scales": None}
     wanted |= {k: v for k, v in OPTIONAL.items() if k in raw}
@@ -210,7 +225,11 @@ def load_subspace(
     meta, tensors = read_subspace(path)
     direct = tuple(meta["direct"])
     named = [(n, p) for n, p in trainable_parameters(module) if not matches(n, direct)]
-    if "layout" in meta and meta["layout"] != [[n, list(p.shape)] for n, p in named]:
+    layout = [[n, list(p.shape)] for n, p in named]
+    if meta.get("layout", layout) != layout or meta.get("layout_sha256") not in (
+        None,
+        layout_digest(layout),
+    ):
         raise LowdimError(
             f"{path} was saved from another architecture (its parameter layout differs)"
         )
@@ -266,7 +285,7 @@ def load_subspace(
         raise LowdimError(
             f"{path} does not rebuild a network ({type(e).__name__}: {why})"
         ) from None
-    if meta["format"] == OLDER_FORMATS[1]:
+    if meta["format"] == "lowdim-subspace-1":
         warnings.warn(
             f"{path} predates weight digests; nothing checks that it rebuilds the trained network",
             stacklevel=2,
