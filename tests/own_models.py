@@ -1,5 +1,6 @@
-"""A user's own network and data for the job tests: an Embedding + GRU classifier over token
-sequences (no zoo arch, no named dataset)."""
+"""A user's own network and data for the job tests (an Embedding + GRU classifier over token
+sequences: no zoo arch, no named dataset), and the check that a subspace method moved theta
+only within its span."""
 
 import torch
 from torch import nn
@@ -27,3 +28,11 @@ def token_data(n: int = 600, n_train: int = 500) -> Data:
     y = ((x == 3).sum(1) > (x == 5).sum(1)).long()
     train, test = Split(x[:n_train], y[:n_train]), Split(x[n_train:], y[n_train:])
     return Data("my-tokens", train, test, 2, (10,), 0.0, 0.0, None)
+
+
+def assert_moved_within(flat, basis, start: torch.Tensor) -> None:
+    """theta moved, and only along the basis's orthonormal columns: delta = P P^T delta."""
+    delta = (flat.data - start).double()
+    assert delta.norm() > 0
+    residual = delta - basis.expand(basis.project(delta.float())).double()
+    assert residual.norm() <= 1e-4 * delta.norm()

@@ -81,8 +81,10 @@ def test_the_compiled_transform_matches_the_definition(k):
 
 def test_the_compiled_transform_gives_the_same_bits_on_any_thread_count():
     """Each row and each column block is transformed whole by one thread, in one order, so the
-    split over threads changes no bit; batches and strided inputs are taken as they are."""
-    x = torch.randn(3, 2**18, generator=torch.Generator().manual_seed(0))
+    split over threads changes no bit (3 x 2^20 elements: past PARALLEL_FROM, so the threads
+    are used); batches and strided inputs are taken as they are."""
+    x = torch.randn(3, 2**20, generator=torch.Generator().manual_seed(0))
+    assert x.numel() >= hadamard.PARALLEL_FROM
     threads = torch.get_num_threads()
     try:
         results = []
@@ -120,3 +122,19 @@ def test_the_compiled_permutation_matches_torchs_gather_and_scatter(n):
     ones = torch.ones(n)
     back = permute_scale(permute_scale(x, perm, ones), perm, ones, transpose=True)
     assert torch.equal(back, x)
+
+
+def test_the_compiled_kernels_refuse_what_would_write_out_of_bounds():
+    """They write raw memory: a stored permutation out of range (a damaged file) and a wrong
+    `out` are refused in one line before any kernel runs."""
+    from lowdim.bases import basis_from_state, random_basis
+
+    state = random_basis("fastfood", 1000, 10, seed=0, store_tensors=True).state_dict()
+    state["tensors"]["permutation"][3] = 10**6
+    with pytest.raises(LowdimError, match=r"permutation has entries outside \[0, 1024\)"):
+        basis_from_state(state)
+    x = torch.randn(1024)
+    with pytest.raises(LowdimError, match="out must be a contiguous tensor other than x"):
+        fwht(x, torch.empty(512))
+    with pytest.raises(LowdimError, match="out must be a contiguous tensor other than x"):
+        fwht(x, x)

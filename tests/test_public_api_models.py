@@ -4,6 +4,7 @@ save and load, and RBD. Token data throughout; no zoo model, no lowdim dataset."
 
 import pytest
 import torch
+from own_models import assert_moved_within
 from torch import nn
 
 import lowdim
@@ -121,14 +122,6 @@ def recorded(request, tmp_path_factory):
             adam.step()
         recorder.append(flat.data, epoch=epoch, step=0)
     return name, lowdim.Trajectory(folder)
-
-
-def assert_moved_within(flat: lowdim.FlatParams, basis, start: torch.Tensor) -> None:
-    """theta moved, and only along the basis's orthonormal columns: delta = P P^T delta."""
-    delta = (flat.data - start).double()
-    assert delta.norm() > 0
-    residual = delta - basis.expand(basis.project(delta.float())).double()
-    assert residual.norm() <= 1e-4 * delta.norm()
 
 
 @pytest.mark.parametrize("method", ["dldr", "twa"])

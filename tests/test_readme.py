@@ -3,12 +3,14 @@
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 README = Path(__file__).parents[1] / "README.md"
 
 
-def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
+@pytest.mark.realdata  # the fine-tuning example reads WordNet and the packaged MiniLM
+def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys, wordnet_dir):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "the README has no Python example"
     monkeypatch.chdir(tmp_path)

@@ -184,23 +184,30 @@ static void *run_tasks(void *arg) {
     return NULL;
 }
 
-static void parallel(Work *shared, int64_t tasks, int threads) {
+/* fn on each of `threads` shares (parts[k], `size` bytes apart): all but the last on threads
+ * of their own, the last (and any a thread could not take) here; returns when all are done. */
+static void run_shares(void *(*fn)(void *), char *parts, size_t size, int threads) {
     pthread_t ids[MAX_THREADS];
+    int created[MAX_THREADS] = {0};
+    for (int k = 0; k < threads; k++) {
+        void *part = parts + (size_t)k * size;
+        created[k] = k < threads - 1 && pthread_create(&ids[k], NULL, fn, part) == 0;
+        if (!created[k]) fn(part);
+    }
+    for (int k = 0; k < threads; k++)
+        if (created[k]) pthread_join(ids[k], NULL);
+}
+
+static void parallel(Work *shared, int64_t tasks, int threads) {
     Work parts[MAX_THREADS];
     if (threads > tasks) threads = (int)tasks;
     if (threads < 1) threads = 1;
-    int started = 0;
     for (int k = 0; k < threads; k++) {
         parts[k] = *shared;
         parts[k].first = tasks * k / threads;
         parts[k].last = tasks * (k + 1) / threads;
-        if (k == threads - 1 || pthread_create(&ids[k], NULL, run_tasks, &parts[k]) != 0) {
-            run_tasks(&parts[k]); /* the last share (or one a thread could not take) runs here */
-        } else {
-            started = k + 1;
-        }
     }
-    for (int k = 0; k < started; k++) pthread_join(ids[k], NULL);
+    run_shares(run_tasks, (char *)parts, sizeof(Work), threads);
     for (int k = 0; k < threads; k++) shared->failed |= parts[k].failed;
 }
 
@@ -241,20 +248,13 @@ static PyObject *permute_scale_float32(PyObject *self, PyObject *args) {
         return NULL;
     }
     if (threads < 1 || n < ((int64_t)1 << 17)) threads = 1;
-    pthread_t ids[MAX_THREADS];
     Permute parts[MAX_THREADS];
-    int started = 0;
-    Py_BEGIN_ALLOW_THREADS
-    for (int k = 0; k < threads; k++) {
+    for (int k = 0; k < threads; k++)
         parts[k] = (Permute){(const float *)(uintptr_t)src, (const float *)(uintptr_t)scale,
                              (const int32_t *)(uintptr_t)perm, (float *)(uintptr_t)dst,
                              n * k / threads, n * (k + 1) / threads, inverse};
-        if (k == threads - 1 || pthread_create(&ids[k], NULL, permute_range, &parts[k]) != 0)
-            permute_range(&parts[k]);
-        else
-            started = k + 1;
-    }
-    for (int k = 0; k < started; k++) pthread_join(ids[k], NULL);
+    Py_BEGIN_ALLOW_THREADS
+    run_shares(permute_range, (char *)parts, sizeof(Permute), threads);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }

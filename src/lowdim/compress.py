@@ -82,14 +82,12 @@ def weights_digest(module: nn.Module) -> str:
     return tensors_digest(module.state_dict(), "sha256")
 
 
-def _frozen(model: SubspaceModel) -> dict[str, torch.Tensor]:
-    """The wrapped module's parameters outside theta and not trained directly (frozen before
-    wrapping)."""
-    theta = {s.name for s in model.specs}
+def _frozen(module: nn.Module, theta: set[str], direct) -> dict[str, torch.Tensor]:
+    """The module's parameters outside theta and not trained directly (frozen before
+    wrapping): what the anchor digest pins beside theta_0."""
+    trained = set(_direct(module, direct))
     return {
-        n: p.detach()
-        for n, p in model.module.named_parameters()
-        if n not in theta and not matches(n, model.direct)
+        n: p.detach() for n, p in module.named_parameters() if n not in theta and n not in trained
     }
 
 
@@ -130,7 +128,7 @@ def save_subspace(
     if not state["kind"]:  # refused before a file is written that no loader could read
         raise no_saved_form(f"the model's basis (a {type(model.basis).__name__})")
     module = model.module
-    frozen = _frozen(model)
+    frozen = _frozen(model.module, {s.name for s in model.specs}, model.direct)
     tensors = {"coords": model.coords.detach()}
     tensors.update({f"basis.{k}": v for k, v in state["tensors"].items()})
     persistent = module.state_dict()  # buffers that load_state_dict takes (not rebuilt ones)
@@ -224,7 +222,7 @@ def load_subspace(
     """
     meta, tensors = read_subspace(path)
     direct = tuple(meta["direct"])
-    named = [(n, p) for n, p in trainable_parameters(module) if not matches(n, direct)]
+    named = trainable_parameters(module, exclude=direct)
     layout = [[n, list(p.shape)] for n, p in named]
     if meta.get("layout", layout) != layout or meta.get("layout_sha256") not in (
         None,
@@ -236,12 +234,7 @@ def load_subspace(
     # What the subspace is attached to, checked before the module is touched: the stored
     # anchor and frozen parameters where the file has them, else the module's own.
     theta = {n for n, _ in named}
-    frozen = {
-        n: p.detach()
-        for n, p in module.named_parameters()
-        if n not in theta and not matches(n, direct)
-    }
-    frozen |= _part(tensors, "frozen.")
+    frozen = _frozen(module, theta, direct) | _part(tensors, "frozen.")
     anchor = tensors.get("anchor")
     if anchor is None:
         anchor = torch.cat([p.detach().reshape(-1) for _, p in named])

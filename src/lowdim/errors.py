@@ -88,9 +88,9 @@ class BadArgument(LowdimError):
         self.argument = argument
         self.problem = render(problem, python_name)
 
-    def as_flag(self, spell: Spelling = flag) -> str:
+    def as_flag(self) -> str:
         """The message with the argument written as the command line's flag."""
-        return self.for_cli(spell)
+        return self.for_cli()
 
 
 def check_finite(**options: float | None) -> None:

@@ -24,16 +24,19 @@ from .errors import LowdimError
 
 
 def trainable_parameters(
-    module: nn.Module, names: Iterable[str] | None = None
+    module: nn.Module, names: Iterable[str] | None = None, *, exclude: Iterable[str] = ()
 ) -> list[tuple[str, nn.Parameter]]:
     """The parameters that form theta: those of `module` with `requires_grad`, in
     `named_parameters()` order (a parameter shared by two layers, as in a language model whose
-    output layer is tied to its embedding, once), optionally only those in `names`."""
+    output layer is tied to its embedding, once), optionally only those in `names`, and none
+    whose name matches a glob pattern of `exclude` (default none: those train directly, see
+    `SubspaceModel(direct=...)`)."""
     wanted = set(names) if names is not None else None
+    exclude = tuple(exclude)
     params = [
         (n, p)
         for n, p in module.named_parameters()
-        if p.requires_grad and (wanted is None or n in wanted)
+        if p.requires_grad and (wanted is None or n in wanted) and not matches(n, exclude)
     ]
     if wanted is not None:
         missing = wanted - {n for n, _ in params}
@@ -42,7 +45,11 @@ def trainable_parameters(
                 f"names: no trainable parameters named {sorted(missing)} in the module"
             )
     if not params:
-        raise LowdimError("the module has no trainable parameters")
+        raise LowdimError(
+            f"excluding {list(exclude)} leaves no parameter in theta"
+            if exclude
+            else "the module has no trainable parameters"
+        )
     return params
 
 

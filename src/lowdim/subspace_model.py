@@ -22,7 +22,7 @@ from torch.func import functional_call
 from .bases.base import Basis, expand_differentiable
 from .bases.random import per_compartment_basis, random_basis
 from .errors import LowdimError
-from .params import ParamSpec, layout_of, matches, param_specs, trainable_parameters
+from .params import ParamSpec, layout_of, param_specs, trainable_parameters
 
 
 class SubspaceModel(nn.Module):
@@ -60,9 +60,7 @@ class SubspaceModel(nn.Module):
     ) -> None:
         super().__init__()
         self.direct = tuple(direct)
-        named = [(n, p) for n, p in trainable_parameters(module) if not matches(n, self.direct)]
-        if not named:
-            raise LowdimError(f"direct: {list(direct)} leaves no parameter in theta")
+        named = trainable_parameters(module, exclude=self.direct)
         self.specs = param_specs(named)
         num_params = sum(s.numel for s in self.specs)
         if basis.num_params != num_params:
@@ -122,9 +120,7 @@ class SubspaceModel(nn.Module):
         `dim` counts the scales too (SAID's d: dim - layers basis coordinates and one scale per
         layer), so SAID and a plain basis compare at equal d.
         """
-        named = [(n, p) for n, p in trainable_parameters(module) if not matches(n, direct)]
-        if not named:
-            raise LowdimError(f"direct: {list(direct)} leaves no parameter in theta")
+        named = trainable_parameters(module, exclude=direct)
         first = named[0][1]
         num_params = sum(p.numel() for _, p in named)
         options = {"device": first.device, "store_tensors": store_tensors}
@@ -189,14 +185,14 @@ class SubspaceModel(nn.Module):
 
     def pieces(self) -> list[Tensor]:
         """theta in the parameters' slices: anchor_k + (P c)_k, or with SAID's scales
-        anchor_k + lambda_k (P c)_k (differentiable in c and lambda). P c is split once and
-        each slice computed on its own: a slice's backward would fill a D-sized zero gradient
-        per parameter (103 of them for a BERT), the split's backward concatenates once."""
+        anchor_k + lambda_k (P c)_k (differentiable in c and lambda), taken apart by one split:
+        a slice per parameter would fill a D-sized zero gradient each in the backward pass (103
+        of them for a BERT), where the split's backward concatenates once."""
         sizes = [s.numel for s in self.specs]
-        steps = expand_differentiable(self.basis, self.coords).split(sizes)
-        anchors = self.anchor.split(sizes)
+        step = expand_differentiable(self.basis, self.coords)
         if self.scales is None:
-            return [a + step for a, step in zip(anchors, steps, strict=True)]
+            return list((self.anchor + step).split(sizes))
+        steps, anchors = step.split(sizes), self.anchor.split(sizes)
         return [
             torch.addcmul(a, step, self.scales[k])
             for a, step, k in zip(anchors, steps, self._scale_of, strict=True)

@@ -32,6 +32,8 @@ parameter since L < 2 D and d <= D.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor
 
@@ -102,7 +104,7 @@ class FastfoodBasis(SeededBasis):
 
     def _setup(self, held: dict[str, Tensor], numbers: dict, store_tensors: bool) -> None:
         self._keep(numbers, store_tensors)
-        self._buffers: tuple[Tensor, Tensor] | None = None
+        self._buffers: dict[int, tuple[Tensor, Tensor]] = {}  # per thread: see `_scratch`
         self._num_params, self._dim = int(numbers["num_params"]), int(numbers["dim"])
         self.length = next_power_of_two(self._num_params)
         self.signs, self.perm, self.gauss = held["signs"], held["permutation"], held["gaussian"]
@@ -112,6 +114,10 @@ class FastfoodBasis(SeededBasis):
                     f"fastfood {name} has shape {tuple(t.shape)}, not ({self.length},) "
                     f"for D = {self._num_params}"
                 )
+        # the compiled permutation indexes memory with these entries: a stored one must be
+        # in range (whether it is a permutation, the weights digest of a saved model checks)
+        if len(self.perm) and not 0 <= int(self.perm.min()) <= int(self.perm.max()) < self.length:
+            raise LowdimError(f"fastfood permutation has entries outside [0, {self.length})")
         # s = 1 / sqrt(D ||G||^2), summed in float64
         self.scale = (self._num_params * self.gauss.double().square().sum().item()) ** -0.5
         # the coordinates' factors: sign b_j and s, and 1 / (column norm) if measured
@@ -130,6 +136,7 @@ class FastfoodBasis(SeededBasis):
             eye[:, start:stop].fill_diagonal_(1.0)
             cols = self.expand(eye.to(self.gauss.device))
             norms.append(torch.linalg.vector_norm(cols, dim=-1, dtype=torch.float64))
+        self._buffers.clear()  # sized for batches of columns, not for training
         return torch.cat(norms).to(self.gauss.dtype)
 
     @property
@@ -145,7 +152,7 @@ class FastfoodBasis(SeededBasis):
         a, b = self._scratch(c)
         a[..., self._dim :] = 0
         a[..., : self._dim] = c * self.factors
-        a = permute_scale(fwht(a, b), self.perm, self.gauss, out=a)
+        a = permute_scale(fwht(a, b), self.perm, self.gauss, out=None if b is None else a)
         return fwht(a)[..., : self._num_params]  # a new tensor: the caller may keep it
 
     def project(self, g: Tensor) -> Tensor:
@@ -153,19 +160,24 @@ class FastfoodBasis(SeededBasis):
         a, b = self._scratch(g)
         a[..., self._num_params :] = 0
         a[..., : self._num_params] = g
-        a = permute_scale(fwht(a, b), self.perm, self.gauss, transpose=True, out=a)
+        a = permute_scale(
+            fwht(a, b), self.perm, self.gauss, transpose=True, out=None if b is None else a
+        )
         return fwht(a, b)[..., : self._dim] * self.factors
 
-    def _scratch(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Two L-long buffers for the products' intermediate steps. On the compiled path they
-        are kept between calls: a fresh 2^25-float tensor costs its 32,768 page faults on first
-        write (about 40 ms), more than the transform's own pass. Elsewhere, new ones."""
+    def _scratch(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Buffers for the products' intermediate steps: on the compiled path two L-long ones
+        kept between calls (a fresh 2^25-float tensor costs its 32,768 page faults on first
+        write, about 40 ms, more than the transform's own pass), one set per thread, since the
+        kernels release the GIL; elsewhere one new tensor and None (torch's operations make
+        their own outputs)."""
         shape = (*x.shape[:-1], self.length)
         if not uses_native(x):
-            return x.new_empty(shape), x.new_empty(shape)
-        if self._buffers is None or self._buffers[0].shape != shape:
-            self._buffers = (x.new_empty(shape), x.new_empty(shape))
-        return self._buffers
+            return x.new_empty(shape), None
+        mine = self._buffers.get(threading.get_ident())
+        if mine is None or mine[0].shape != shape:
+            mine = self._buffers[threading.get_ident()] = (x.new_empty(shape), x.new_empty(shape))
+        return mine
 
     def _held(self) -> dict[str, Tensor]:
         return {"signs": self.signs, "permutation": self.perm, "gaussian": self.gauss}
@@ -199,8 +211,10 @@ def permute_scale(
             y = x.index_select(-1, perm).mul_(scale)
         return y if out is None else out.copy_(y)
     src, scale = x.contiguous(), scale.contiguous()
-    out = torch.empty_like(src) if out is None else out
+    out = torch.empty_like(src) if out is None else hadamard.check_out(out, src)
     n = src.shape[-1]
+    if perm.shape != (n,) or scale.shape != (n,) or scale.dtype != src.dtype:
+        raise LowdimError(f"perm and scale must be 1-D of length {n}, scale of x's dtype")
     threads = min(torch.get_num_threads(), 64) if n >= hadamard.PARALLEL_FROM else 1
     for row_in, row_out in zip(src.reshape(-1, n), out.view(-1, n), strict=True):
         hadamard.native.permute_scale_float32(

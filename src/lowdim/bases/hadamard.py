@@ -84,7 +84,7 @@ def fwht(x: Tensor, out: Tensor | None = None) -> Tensor:
     if not uses_native(x):
         return fwht_blocked(x) if out is None else out.copy_(fwht_blocked(x))
     src = x.contiguous()
-    out = torch.empty_like(src) if out is None else out
+    out = torch.empty_like(src) if out is None else check_out(out, src)
     length = x.shape[-1]
     # Threads pay only on large transforms: torch's own workers spin for a while after each
     # parallel op and would contend with ours on short ones (2^18: 0.40 ms on two threads
@@ -100,6 +100,18 @@ def uses_native(x: Tensor) -> bool:
     if native is None or x.device.type != "cpu" or x.dtype != torch.float32:
         return False
     return not (x.requires_grad and torch.is_grad_enabled())
+
+
+def check_out(out: Tensor, x: Tensor) -> Tensor:
+    """`out` if the compiled kernels may write x's result into it, else LowdimError: they write
+    raw memory, so its shape, dtype, device and layout are checked first."""
+    same = out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
+    if not same or not out.is_contiguous() or out.data_ptr() == x.data_ptr():
+        raise LowdimError(
+            f"out must be a contiguous tensor other than x, of x's shape {tuple(x.shape)}, "
+            f"dtype and device; got {tuple(out.shape)}, {out.dtype}"
+        )
+    return out
 
 
 def _check(x: Tensor) -> None:

@@ -95,9 +95,9 @@ def labels_digest(labels: torch.Tensor) -> str:
     return hashlib.sha256(labels.cpu().numpy().tobytes()).hexdigest()
 
 
-def arch_of(model: torch.nn.Module | None, cfg: SGDConfig) -> str:
-    """The arch a run records: the zoo's name, or a user module's class name."""
-    return cfg.arch if model is None else type(model).__name__
+def arch_of(model: torch.nn.Module | None, zoo_arch: str) -> str:
+    """The arch a run records: the zoo's name `zoo_arch`, or a user module's class name."""
+    return zoo_arch if model is None else type(model).__name__
 
 
 def data_for(cfg: SGDConfig, data: Data | None, sgd_dir: Path) -> Data:

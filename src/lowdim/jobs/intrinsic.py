@@ -31,7 +31,7 @@ from ..data import Data, load_dataset
 from ..errors import BadArgument, check_finite, check_seed
 from ..io import atomic_write_json
 from ..optim.optimizer import check_rates
-from ..params import matches, trainable_parameters
+from ..params import trainable_parameters
 from ..train.loop import check_checkpoint_every
 from .common import arch_of, resolve_device
 from .intrinsic_points import (
@@ -129,12 +129,12 @@ def _resolved(
     lie in [1, D] and a per-layer split is tried, so bad options fail before anything is
     written."""
     module = point_module(cfg, data, cfg.seed, torch.device("cpu"), model)
-    theta = [p for n, p in trainable_parameters(module) if not matches(n, cfg.direct)]
-    num_params = sum(p.numel() for p in theta)  # D: the parameters the subspace moves
+    # D: the parameters the subspace moves
+    num_params = sum(p.numel() for _, p in trainable_parameters(module, exclude=cfg.direct))
     cfg = replace(
         cfg,
         dataset=data.name if own_data else cfg.dataset,
-        arch=arch_of(None if model is None else module, sgd_config(cfg, cfg.seed)),
+        arch=arch_of(None if model is None else module, cfg.arch),
     )
     if cfg.lr is None:
         cfg = replace(cfg, lr=1e-3 if len(data.train) >= SMALL_DATA else 0.1)
@@ -191,6 +191,8 @@ def sweep_summary(
         "protocol": {
             "projection": cfg.projection,
             "per_layer": cfg.per_layer,
+            "layer_scales": cfg.layer_scales,
+            "direct": cfg.direct,
             "optimizer": "adam",
             "lr": cfg.lr,
             "baseline_lr": cfg.baseline_lr,

@@ -108,7 +108,7 @@ def _data_and_model(
     comes back naming them (a user's data by its `name`, a user's module by its class name)."""
     as_sgd = SGDConfig(dataset=cfg.dataset, arch=cfg.arch, hidden=cfg.hidden, seed=cfg.seed)
     dataset = cfg.dataset if data is None else data.name
-    cfg = replace(cfg, dataset=dataset, arch=arch_of(model, as_sgd))
+    cfg = replace(cfg, dataset=dataset, arch=arch_of(model, cfg.arch))
     if data is None:
         data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed)
     model = model_for(as_sgd, data, device) if model is None else model.to(device)

@@ -217,7 +217,7 @@ def train_sgd(
     check_checkpoint_every(checkpoint_every)
     device = resolve_device(cfg.device)
     # the run records what it trains on, not the names of what it replaced
-    cfg = replace(cfg, dataset=data.name if data else cfg.dataset, arch=arch_of(model, cfg))
+    cfg = replace(cfg, dataset=data.name if data else cfg.dataset, arch=arch_of(model, cfg.arch))
     run = RunDir(save_dir, asdict(cfg), resume=resume, defaults=asdict(SGDConfig()))
     if run.finished:
         return run.read_summary()

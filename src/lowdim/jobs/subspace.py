@@ -146,9 +146,7 @@ def train_in_subspace(
     run = RunDir(folder, asdict(cfg), resume=resume, defaults=asdict(defaults))
     if run.finished:
         return run.read_summary()
-    started = time.perf_counter()
-    basis, trained = _basis_for(run, inputs)
-    basis_seconds = time.perf_counter() - started
+    basis, trained, basis_seconds = _basis_for(run, inputs)
     result, optimizer, extra = _train(run, inputs, basis, trained, progress, checkpoint_every)
     sgd_cfg = inputs.sgd_cfg
     run.save_outputs(
@@ -194,8 +192,9 @@ def _read_inputs(sgd_dir: Path, cfg: SubspaceConfig, data, model) -> _Inputs:
     return _Inputs(sgd_cfg, sgd_summary, cfg, data, train, model, flat, trajectory, device)
 
 
-def _basis_for(run: RunDir, inputs: _Inputs) -> tuple[Basis, bool]:
-    """(the basis on the run's device, whether training already moved along it).
+def _basis_for(run: RunDir, inputs: _Inputs) -> tuple[Basis, bool, float]:
+    """(the basis on the run's device, whether training already moved along it, the seconds
+    its extraction or loading took).
 
     The stored basis is reused only where training already moved along it (a checkpoint
     exists); a run that failed before its first checkpoint derives it afresh, so a basis
@@ -206,16 +205,18 @@ def _basis_for(run: RunDir, inputs: _Inputs) -> tuple[Basis, bool]:
     sharded = cfg.shard_basis and distributed.world_size() > 1
     trained = has_checkpoint(run.path / "checkpoint")
     reuse = run.resumed and trained and not sharded
+    started = time.perf_counter()
     if reuse:
         basis = load_basis(basis_file, layout=layout)
     else:
         basis = extract_basis(inputs.trajectory, cfg)
+    seconds = time.perf_counter() - started
     run.start()
     if not reuse:
         if not sharded:
             basis.save(basis_file, layout=layout)
         METHOD_MODULES[cfg.method].describe(basis, cfg, run.path)
-    return basis.to(inputs.device), trained
+    return basis.to(inputs.device), trained, seconds
 
 
 def _train(run: RunDir, inputs: _Inputs, basis: Basis, trained: bool, progress, every: int):
