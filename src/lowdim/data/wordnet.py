@@ -10,13 +10,13 @@ is to read the gloss ("a domesticated carnivorous mammal ...") and name the supe
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import BadArgument, LowdimError
 from ..seeding import generator
+from .text import TextTask
 
 DEFAULT_PATH = Path("/usr/share/wordnet/data.noun")
 # WordNet's lexicographer files 03..28: the noun supersenses, in file-number order.
@@ -27,18 +27,6 @@ SUPERSENSES = (
     "substance", "time",
 )  # fmt: skip
 FIRST_NOUN_FILE = 3
-
-
-@dataclass
-class TextTask:
-    """Texts with integer labels, split into train and test; `labels[i]` names class i."""
-
-    name: str
-    train_texts: list[str]
-    train_labels: torch.Tensor
-    test_texts: list[str]
-    test_labels: torch.Tensor
-    labels: tuple[str, ...]
 
 
 def read_glosses(path: str | os.PathLike = DEFAULT_PATH) -> tuple[list[str], list[int]]:
