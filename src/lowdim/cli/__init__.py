@@ -14,10 +14,10 @@ import warnings
 
 from .. import distributed
 from ..errors import LowdimError
-from . import intrinsic_dim, report, train_rbd, train_sgd, train_subspace, verify
+from . import finetune, intrinsic_dim, report, train_rbd, train_sgd, train_subspace, verify
 from .options import Parser, flag_spelling, normalise_option_names
 
-COMMANDS = (train_sgd, train_subspace, report, intrinsic_dim, train_rbd, verify)
+COMMANDS = (train_sgd, train_subspace, report, intrinsic_dim, train_rbd, finetune, verify)
 
 
 def build_parser() -> Parser:

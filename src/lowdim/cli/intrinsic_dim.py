@@ -12,8 +12,10 @@ from ..compress import read_subspace
 from ..compress_zoo import load_subspace_model
 from ..data import load_dataset
 from ..errors import LowdimError
+from ..jobs.finetune import task_data
 from ..jobs.intrinsic import IntrinsicConfig, measure_intrinsic_dim
 from ..train import evaluate
+from .finetune import add_text_task_options
 from .options import (
     DATA_DIR_HELP,
     add_data_options,
@@ -39,6 +41,7 @@ def _add_sweep_parser(sub) -> None:
     p = sub.add_parser("intrinsic-dim", help=HELP.replace("%", "%%"), description=HELP)
     add_data_options(p, dataset=d.dataset, labels=False)
     add_model_options(p, arch=d.arch)
+    add_text_task_options(p, model_required=False)
     _add_subspace_options(p, d)
     _add_protocol_options(p, d)
     p.add_argument("--save-dir", required=True, metavar="DIR", help="folder for the sweep's files")
@@ -142,12 +145,20 @@ def run(args: argparse.Namespace) -> None:
     given = {
         f.name: getattr(args, f.name) for f in fields(IntrinsicConfig) if hasattr(args, f.name)
     }
+    model = data = None
+    if args.model is not None:  # a pretrained model fine-tuned on a text task
+        model, data = task_data(
+            args.model, args.task, train=args.train, test=args.test,
+            validation=args.validation, max_length=args.max_length, seed=args.seed,
+        )  # fmt: skip
     summary = measure_intrinsic_dim(
         IntrinsicConfig(**given),
         args.save_dir,
         resume=args.resume,
         progress=not args.quiet,
         checkpoint_every=args.checkpoint_every,
+        data=data,
+        model=model,
     )
     print(
         f"intrinsic-dim: {summary['arch']} on {summary['dataset']}, "

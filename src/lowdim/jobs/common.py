@@ -96,8 +96,12 @@ def labels_digest(labels: torch.Tensor) -> str:
 
 
 def arch_of(model: torch.nn.Module | None, zoo_arch: str) -> str:
-    """The arch a run records: the zoo's name `zoo_arch`, or a user module's class name."""
-    return zoo_arch if model is None else type(model).__name__
+    """The arch a run records: the zoo's name `zoo_arch`, a Hugging Face model's name or folder
+    (its `name_or_path`), or else a user module's class name."""
+    if model is None:
+        return zoo_arch
+    name = getattr(model, "name_or_path", None)
+    return name if isinstance(name, str) and name else type(model).__name__
 
 
 def data_for(cfg: SGDConfig, data: Data | None, sgd_dir: Path) -> Data:

@@ -181,8 +181,8 @@ class RunDir:
             if not resume:
                 raise BadArgument(
                     "save_dir",
-                    f"{self.path} already holds a run ({CONFIG}); resume it, or choose "
-                    "another folder",
+                    f"{self.path} already holds a run ({CONFIG}); resume it "
+                    f"({arg('resume', True)}), or choose another folder",
                 )
             old = read_json_object(stored, "run's options")
             self._check_same_options(old, defaults or {}, may_differ)
