@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -175,12 +176,15 @@ def _steps(examples: int, batch_size: int, epochs: int) -> int:
     return math.ceil(examples / batch_size) * epochs
 
 
-class _Stage:
-    """What a method's stages report: (the stage that trained last, its summary, its steps)."""
+class _Stage(NamedTuple):
+    """What a method's run reports: the summary of its last stage and that stage's steps, the
+    numbers it trains, the bytes stored beside the base model, the seconds of all stages."""
 
-    def __init__(self, summary: dict, steps: int, trained: int, stored: int, walls: float) -> None:
-        self.summary, self.steps, self.trained, self.stored = summary, steps, trained, stored
-        self.wall_seconds = walls
+    summary: dict
+    steps: int
+    trained: int
+    stored: int
+    wall_seconds: float
 
 
 def _run_sgd(cfg, data, model, save_dir, lr, dim, session) -> _Stage:
@@ -232,14 +236,7 @@ def _run_trajectory(cfg, data, model, save_dir, lr, dim, session) -> _Stage:
     """dldr or twa: fine-tune while recording the trajectory, then P-BFGS on its top-d PCA
     basis (dldr: d + 1 snapshots, the first the pretrained point) or TWA on the span of its
     last d checkpoints, from a fresh copy of the pretrained model."""
-    needed = dim + 1 if cfg.method == "dldr" else dim
-    samples = math.ceil(needed / cfg.epochs)
-    batches = math.ceil(len(data.train) / cfg.batch_size)
-    if samples > batches:
-        raise BadArgument(
-            "dim", f"{dim} needs {needed} snapshots, more than the {cfg.epochs * batches} steps "
-            "of fine-tuning; raise epochs or lower dim"
-        )  # fmt: skip
+    samples = math.ceil(_snapshots_needed(cfg, dim) / cfg.epochs)
     fresh = pretrained_model(cfg, data.num_classes)  # the subspace stage starts from it
     sgd = train_sgd(
         _sgd_config(cfg, data, lr, samples), save_dir / "sgd", **session,
@@ -286,16 +283,30 @@ def pretrained_model(cfg: FinetuneConfig, num_labels: int) -> nn.Module:
     return model
 
 
-def _check_dim(cfg: FinetuneConfig, model: nn.Module, dim: int) -> None:
-    """SAID's d must exceed its scales (one per parameter tensor of theta), which it counts."""
-    if cfg.method != "said":
-        return
+def _snapshots_needed(cfg: FinetuneConfig, dim: int) -> int:
+    """dldr: d + 1 snapshots for d PCA components; twa: the d checkpoints it spans."""
+    return dim + 1 if cfg.method == "dldr" else dim
+
+
+def _check_dim(cfg: FinetuneConfig, model: nn.Module, dim: int, num_train: int) -> None:
+    """Before anything is written: SAID's d must exceed its scales (one per parameter tensor
+    of theta), which it counts; DLDR and TWA need a snapshot per d from the fine-tuning."""
     from ..hf import head_names
 
-    direct = head_names(model) if cfg.head == "direct" else []
-    scales = len(trainable_parameters(model, exclude=direct))
-    if dim <= scales:
-        raise BadArgument("dim", f"{dim} must exceed SAID's {scales} layer scales, counted in d")
+    if cfg.method == "said":
+        direct = head_names(model) if cfg.head == "direct" else []
+        scales = len(trainable_parameters(model, exclude=direct))
+        if dim <= scales:
+            raise BadArgument(
+                "dim", f"{dim} must exceed SAID's {scales} layer scales, counted in d"
+            )
+    if cfg.method in ("dldr", "twa"):
+        steps = cfg.epochs * math.ceil(num_train / cfg.batch_size)
+        if _snapshots_needed(cfg, dim) > steps:
+            raise BadArgument(
+                "dim", f"{dim} needs {_snapshots_needed(cfg, dim)} snapshots, more than the "
+                f"{steps} steps of fine-tuning; raise epochs or lower dim"
+            )  # fmt: skip
 
 
 def resolved_rate(cfg: FinetuneConfig, model: nn.Module, dim: int) -> float:
@@ -335,14 +346,14 @@ def finetune(
         freeze(model, *cfg.freeze)
     dim = cfg.dim if cfg.dim is not None else DEFAULT_DIM.get(cfg.method, 0)
     lr = resolved_rate(cfg, model, max(dim, 1))
-    _check_dim(cfg, model, dim)
+    _check_dim(cfg, model, dim, len(data.train))
+    theta = sum(p.numel() for _, p in trainable_parameters(model))
     run = RunDir(save_dir, asdict(cfg), resume=resume, defaults=asdict(FinetuneConfig()))
     if run.finished:
         return run.read_summary()
     run.start()
     session = {"resume": True, "progress": progress, "checkpoint_every": checkpoint_every}
     stage = RUNNERS[cfg.method](cfg, data, model, save_dir, lr, dim, session)
-    theta = sum(p.numel() for _, p in trainable_parameters(model))
     summary = {
         "method": cfg.method,
         "dataset": data.name,
