@@ -8,16 +8,17 @@ on a seeded subsample of the WordNet noun-supersense task (`--train` glosses, de
 1,000 test glosses), 48 tokens, batch 32, one epoch, seed 0.
 
 1. Selection: the learning rates of full fine-tuning, the head, SAID (d = 1000, also used for
-   DID) and RBD (d = 10) are each chosen by accuracy on the last 400 training glosses, trained
-   on the other 1,600: three rates of a ladder (`LADDERS`) first, then one step further while
-   the best lies at the end of those tried. The test glosses are not used.
+   DID), RBD (d = 10) and TWA's P-SGD are each chosen by accuracy on the last 400 training
+   glosses, trained on the other 1,600: three rates of a ladder (`LADDERS`) first, then one
+   step further while the best lies at the end of those tried. The test glosses are not used.
 2. The table: every row on all 2,000 training glosses with its chosen rate, test accuracy read
    once. lowdim's rows are `lowdim finetune` runs (the script prints each row's command);
    LoRA and VeRA (Adam 5e-3, their usual rate, on the query and value projections) run here.
 
 Each row: test accuracy, the numbers the method trains, the bytes stored beside the base
 model, wall time, and seconds per step over full fine-tuning's. Numbers go to
-experiments/results/finetune.json; run folders are resumed, so a killed script continues.
+experiments/results/finetune.json; run folders are resumed and finished PEFT rows kept, so a
+killed script continues.
 """
 
 from __future__ import annotations
@@ -37,27 +38,38 @@ from lowdim.jobs.finetune import FinetuneConfig, finetune, task_data
 
 RESULTS = Path(__file__).parent / "results" / "finetune.json"
 VALIDATION = 400
-# The rates tried on the validation split: the middle three of each ladder first, then one
-# step further while the best lies at an end (and the ladder goes on).
+# The rates tried on the validation split, per method: (the option, its ladder, where the
+# first three tried start, d). One step further is tried while the best lies at an end of
+# those tried (and the ladder goes on). TWA's P-SGD rate is chosen after full fine-tuning's
+# rate, which its fine-tuning stage uses.
 LADDERS = {
-    "full": [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3],
-    "head": [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3],
-    "said": [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0],
-    "rbd": [10.0, 100.0, 1e3, 1e4, 1e5, 1e6],
+    "full": ("lr", [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3], 1, None),
+    "head": ("lr", [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3], 1, None),
+    "said": ("lr", [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0], 1, 1000),
+    "rbd": ("lr", [10.0, 100.0, 1e3, 1e4, 1e5, 1e6], 2, 10),
+    "twa": ("finish_lr", [1e-4, 1e-3, 1e-2, 0.1, 1.0, 2.0], 1, 10),
 }
-FIRST = {"full": 1, "head": 1, "said": 1, "rbd": 2}  # where the first three start
-# row -> (method, dim, whose chosen rate it uses)
-ROWS = {
-    "full": ("full", None, "full"),
-    "head": ("head", None, "head"),
-    "said-1000": ("said", 1000, "said"),
-    "said-4000": ("said", 4000, "said"),
-    "did-1000": ("did", 1000, "said"),
-    "did-4000": ("did", 4000, "said"),
-    "dldr-30": ("dldr", 30, "full"),
-    "twa-10": ("twa", 10, "full"),
-    "rbd-10": ("rbd", 10, "rbd"),
+ROWS = {  # row -> (method, d)
+    "full": ("full", None),
+    "head": ("head", None),
+    "said-1000": ("said", 1000),
+    "said-4000": ("said", 4000),
+    "did-1000": ("did", 1000),
+    "did-4000": ("did", 4000),
+    "dldr-30": ("dldr", 30),
+    "twa-10": ("twa", 10),
+    "rbd-10": ("rbd", 10),
 }
+
+
+def rates_of(method: str, chosen: dict) -> dict:
+    """The chosen rates a method runs with: DID takes SAID's, DLDR's and TWA's fine-tuning
+    stage full fine-tuning's, and TWA its own P-SGD rate."""
+    own = {"did": "said", "dldr": "full", "twa": "full"}.get(method, method)
+    rates = {"lr": chosen[own]} if own in chosen else {}
+    return rates | ({"finish_lr": chosen["twa"]} if method == "twa" and "twa" in chosen else {})
+
+
 PEFT_ROWS = ("lora-r1", "vera-r256")
 
 
@@ -78,23 +90,20 @@ def run_lowdim(cfg: FinetuneConfig, folder: Path) -> dict:
 
 
 def select_rates(runs: Path, train: int) -> dict:
-    """The rate of each ladder with the best validation accuracy (the smaller on a tie), and
+    """The value of each ladder with the best validation accuracy (the smaller on a tie), and
     every try."""
     chosen, tried = {}, {}
-    for method, ladder in LADDERS.items():
-        dim = {"said": 1000, "rbd": 10}.get(method)
+    for method, (option, ladder, first, dim) in LADDERS.items():
         scores: dict[float, float] = {}
-        lo = hi = None
-        todo = ladder[FIRST[method] : FIRST[method] + 3]
+        todo = ladder[first : first + 3]
         while todo:
-            for lr in todo:
-                cfg = FinetuneConfig(
-                    method=method, lr=lr, dim=dim, train=train, validation=VALIDATION
-                )
-                scores[lr] = run_lowdim(cfg, runs / "select" / f"{method}-{lr:g}")["test_acc"]
+            for value in todo:
+                cfg = FinetuneConfig(method=method, dim=dim, train=train, validation=VALIDATION,
+                                     **(rates_of(method, chosen) | {option: value}))  # fmt: skip
+                folder = runs / "select" / f"{method}-{value:g}"
+                scores[value] = run_lowdim(cfg, folder)["test_acc"]
             best = max(sorted(scores), key=scores.get)
-            lo, hi = ladder.index(min(scores)), ladder.index(max(scores))
-            at = ladder.index(best)
+            lo, at, hi = (ladder.index(v) for v in (min(scores), best, max(scores)))
             todo = [ladder[at - 1]] if at == lo and lo > 0 else []
             todo += [ladder[at + 1]] if at == hi and hi + 1 < len(ladder) else []
         tried[method] = scores
@@ -135,17 +144,19 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/finetune-experiment"))
     parser.add_argument("--train", type=int, default=2000)
     args = parser.parse_args()
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     out = {"train": args.train, "selection": select_rates(args.runs, args.train), "rows": {}}
     atomic_write_json(RESULTS, out)
     rates = out["selection"]["chosen"]
-    for row, (method, dim, rate_of) in ROWS.items():
-        cfg = FinetuneConfig(method=method, dim=dim, lr=rates[rate_of], train=args.train)
+    for row, (method, dim) in ROWS.items():
+        cfg = FinetuneConfig(method=method, dim=dim, train=args.train, **rates_of(method, rates))
         folder = args.runs / row
         summary = run_lowdim(cfg, folder)
         out["rows"][row] = {**summary, "command": command(cfg, folder), "config": asdict(cfg)}
         atomic_write_json(RESULTS, out)
     for row in PEFT_ROWS:
-        out["rows"][row] = run_peft(row, args.train)
+        done = previous.get("rows", {}).get(row) if previous.get("train") == args.train else None
+        out["rows"][row] = done or run_peft(row, args.train)
         atomic_write_json(RESULTS, out)
     full = out["rows"]["full"]["step_seconds"]
     for summary in out["rows"].values():

@@ -65,7 +65,8 @@ def finetune_args(tiny, folder, *extra: str) -> list[str]:
 
 
 EXTRA = {"said": ["--dim", "60"], "did": ["--dim", "20"], "dldr": ["--dim", "8"],
-         "twa": ["--dim", "8"], "rbd": ["--dim", "8"], "full": ["--lr", "1e-3"]}  # fmt: skip
+         "twa": ["--dim", "8", "--finish-lr", "0.05"], "rbd": ["--dim", "8"],
+         "full": ["--lr", "1e-3"]}  # fmt: skip
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -86,6 +87,8 @@ def test_every_method_fine_tunes_and_reports_what_it_stores(tiny, tmp_path, meth
         changed = summary["trained_numbers" if method == "head" else "num_params"]
         assert summary["stored_bytes"] == 4 * changed  # float32 weights
     assert 0 <= summary["test_acc"] <= 1 and summary["step_seconds"] > 0
+    if method == "twa":  # its P-SGD rate, not the fine-tuning stage's
+        assert json.loads((folder / "sgd" / "twa" / "summary.json").read_text())["lr"] == 0.05
 
 
 def test_head_only_leaves_every_pretrained_weight_as_it_was(tiny, tmp_path):

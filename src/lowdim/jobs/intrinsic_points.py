@@ -131,7 +131,8 @@ def _fit_point(
         run_dir=folder,
         resume=True,
         progress=progress,
-        regularizer=lambda: 0.5 * cfg.l2 * sub.l2_penalty(),
+        # without L2 (fine-tuning) no pass over theta for a zero term
+        regularizer=(lambda: 0.5 * cfg.l2 * sub.l2_penalty()) if cfg.l2 else None,
         checkpoint_every=checkpoint_every,
     )
 
