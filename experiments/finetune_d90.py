@@ -46,17 +46,20 @@ def plot(summaries: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for (name, s), color in zip(summaries.items(), ("tab:blue", "tab:orange"), strict=True):
+    for name, color in (("SAID", "tab:blue"), ("DID", "tab:orange")):
+        s = summaries[name]
         dims = sorted(int(d) for d in s["mean_acc"])
-        label = f"{name}: d90 = {s['d_int90']}"
+        reached = f"= {s['d_int90']:,}" if s["d_int90"] else f"> {max(dims):,} (not reached)"
+        label = f"{name}: d90 {reached}"
         ax.plot(dims, [s["mean_acc"][str(d)] for d in dims], marker="o", color=color, label=label)
     first = next(iter(summaries.values()))
     ax.axhline(first["baseline_acc"], color="k", lw=1, label="full fine-tuning")
     ax.axhline(first["threshold"], color="tab:red", ls="--", lw=1, label="90% of it")
     ax.set(xscale="log", xlabel="subspace dimension d", ylabel="test accuracy")
+    ax.set_ylim(0, first["baseline_acc"] + 0.2)  # room for the legend above the curves
     ax.set_title("all-MiniLM-L6-v2 on WordNet supersenses, 1 epoch")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", fontsize=8, ncol=2)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 

@@ -9,7 +9,8 @@ and the tokenized task through their `data=` and `model=`. save_dir holds
                     (AdamW, constant lr; head: every pretrained weight frozen; dldr and twa
                     record the trajectory)
     sgd/pbfgs/      dldr: P-BFGS on the PCA basis of that trajectory (the subspace job)
-    sgd/twa/        twa: TWA on the span of its last `dim` checkpoints (the subspace job)
+    sgd/twa/        twa: TWA on the span of the last `dim` of its 2 `dim` checkpoints (the
+                    second half of fine-tuning; the subspace job)
     point/          said, did: one Fastfood subspace of d coordinates (the intrinsic-dim job's
                     point), with its subspace.safetensors: the fine-tuned model as seeds and
                     d numbers beside a reference to the base model
@@ -240,8 +241,8 @@ def _run_point(cfg, data, model, save_dir, lr, dim, session) -> _Stage:
 
 def _run_trajectory(cfg, data, model, save_dir, lr, dim, session) -> _Stage:
     """dldr or twa: fine-tune while recording the trajectory, then P-BFGS on its top-d PCA
-    basis (dldr: d + 1 snapshots, the first the pretrained point) or TWA on the span of its
-    last d checkpoints, from a fresh copy of the pretrained model."""
+    basis (dldr: d + 1 snapshots, the first the pretrained point) or TWA on the span of the
+    last d of its 2d checkpoints, from a fresh copy of the pretrained model."""
     samples = math.ceil(_snapshots_needed(cfg, dim) / cfg.epochs)
     fresh = pretrained_model(cfg, data.num_classes)  # the subspace stage starts from it
     sgd = train_sgd(
@@ -290,8 +291,9 @@ def pretrained_model(cfg: FinetuneConfig, num_labels: int) -> nn.Module:
 
 
 def _snapshots_needed(cfg: FinetuneConfig, dim: int) -> int:
-    """dldr: d + 1 snapshots for d PCA components; twa: the d checkpoints it spans."""
-    return dim + 1 if cfg.method == "dldr" else dim
+    """dldr: d + 1 snapshots for d PCA components; twa: 2d checkpoints, of which it spans the
+    last d (the second half of fine-tuning: the early ones would drag the average back)."""
+    return dim + 1 if cfg.method == "dldr" else 2 * dim
 
 
 def _check_dim(cfg: FinetuneConfig, model: nn.Module, dim: int, num_train: int) -> None:
