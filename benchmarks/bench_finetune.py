@@ -48,7 +48,7 @@ def main() -> None:
     models = {}
     for name in ("full", "did", "said"):
         torch.manual_seed(0)
-        model, tokenizer = hf.pretrained_classifier(hf.MINILM, num_labels=len(task.labels))
+        model, tokenizer = hf.pretrained_classifier(hf.MINILM, len(task.labels), quiet=True)
         if name != "full":
             scales = "param" if name == "said" else None
             options = {"direct": ["classifier.*"], "layer_scales": scales}
