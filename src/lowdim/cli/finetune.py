@@ -64,7 +64,7 @@ def add_parser(sub) -> None:
         type=finite_float,
         default=None,
         help="learning rate (default: full, dldr, twa 5e-5 (AdamW); head, said, did 0.01 "
-        "(Adam); rbd 0.05 x D / d)",
+        "(Adam); rbd 0.005 x D / d)",
     )
     g.add_argument("--epochs", type=int, default=d.epochs, help="passes of fine-tuning")
     g.add_argument(
