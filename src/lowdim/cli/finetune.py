@@ -77,8 +77,7 @@ def add_parser(sub) -> None:
         "--finish-lr",
         type=finite_float,
         default=None,
-        help="dldr, twa: P-BFGS's first trial step or TWA's P-SGD rate (default: 1 and 2, "
-        "the rates for training from scratch; TWA after fine-tuning wants far less)",
+        help="dldr, twa: P-BFGS's first trial step or TWA's P-SGD rate (default: 1 and 0.1)",
     )
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step")
     g.add_argument(
