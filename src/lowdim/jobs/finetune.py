@@ -290,6 +290,11 @@ def pretrained_model(cfg: FinetuneConfig, num_labels: int) -> nn.Module:
 
     torch.manual_seed(cfg.seed)
     model, _ = hf.pretrained_classifier(cfg.model, num_labels, quiet=True)
+    return _freeze_chosen(cfg, model)
+
+
+def _freeze_chosen(cfg: FinetuneConfig, model: nn.Module) -> nn.Module:
+    """`model` with the parameters matching `cfg.freeze` frozen (out of every method)."""
     if cfg.freeze:
         freeze(model, *cfg.freeze)
     return model
@@ -314,7 +319,7 @@ def _check_dim(cfg: FinetuneConfig, model: nn.Module, dim: int, num_train: int) 
                 "dim", f"{dim} must exceed SAID's {scales} layer scales, counted in d"
             )
     if cfg.method in ("dldr", "twa"):
-        steps = cfg.epochs * math.ceil(num_train / cfg.batch_size)
+        steps = _steps(num_train, cfg.batch_size, cfg.epochs)
         if _snapshots_needed(cfg, dim) > steps:
             raise BadArgument(
                 "dim", f"{dim} needs {_snapshots_needed(cfg, dim)} snapshots, more than the "
@@ -355,8 +360,7 @@ def finetune(
         cfg.model, cfg.task, train=cfg.train, test=cfg.test, validation=cfg.validation,
         max_length=cfg.max_length, seed=cfg.seed,
     )  # fmt: skip
-    if cfg.freeze:
-        freeze(model, *cfg.freeze)
+    _freeze_chosen(cfg, model)
     dim = cfg.dim if cfg.dim is not None else DEFAULT_DIM.get(cfg.method, 0)
     lr = resolved_rate(cfg, model, max(dim, 1))
     _check_dim(cfg, model, dim, len(data.train))
