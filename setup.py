@@ -1,5 +1,5 @@
-"""The compiled part of lowdim: Fastfood's CPU kernels (src/lowdim/_native.c: the Walsh-Hadamard
-transform and the scaled permutation).
+"""The compiled part of lowdim: its CPU kernels (src/lowdim/_native.c: the Walsh-Hadamard
+transform, Fastfood's scaled permutation and RBD's signed scatter).
 
 Everything else is in pyproject.toml. The extension is optional: where no C compiler is found,
 lowdim installs without it and runs the same products with torch's operations instead.

@@ -37,6 +37,7 @@ from lowdim.bases import (
 )
 from lowdim.bases.fastfood import next_power_of_two
 from lowdim.bases.redrawn import RedrawnBasis
+from lowdim.bases.redrawn_hadamard import RedrawnHadamardBasis
 from lowdim.bases.sharded import shard_pca_basis, shard_span_basis
 from lowdim.errors import LowdimError
 from lowdim.io import save_tensors
@@ -176,6 +177,13 @@ BASES = [
     BasisInfo(
         "redrawn",
         lambda n, s: RedrawnBasis(n, DIM, s, step=3, normalise="unit", chunk_rows=7),
+        columns=UNIT,
+        seeded=True,
+    ),
+    # RBD's structured basis of one step: d rows of a randomised Hadamard transform, from a key
+    BasisInfo(
+        "redrawn-hadamard",
+        lambda n, s: RedrawnHadamardBasis(n, DIM, s, step=3, worker=1, compartment=2),
         columns=UNIT,
         seeded=True,
     ),

@@ -10,6 +10,7 @@ from .hadamard import fwht
 from .pca import PCABasis, pca_of_rows, trajectory_pca
 from .random import RANDOM_KINDS, per_compartment_basis, random_basis
 from .redrawn import RedrawnBasis, redrawn_basis
+from .redrawn_hadamard import RedrawnHadamardBasis
 from .span import LayerDeviationBasis, SpanBasis, layer_deviations, span_of_rows, trajectory_span
 from .sparse import SparseBasis
 
@@ -26,6 +27,7 @@ __all__ = [
     "LayerDeviationBasis",
     "PCABasis",
     "RedrawnBasis",
+    "RedrawnHadamardBasis",
     "SpanBasis",
     "SparseBasis",
     "basis_from_state",

@@ -3,10 +3,11 @@ of (seed, step, worker, compartment, chunk) and of the device type (CPU and CUDA
 give different streams), so any chunk can be regenerated alone, by any worker, in any order.
 
 Entries have unit variance: N(0, 1), U(-sqrt 3, sqrt 3) or +-1 ("gaussian", "uniform",
-"rademacher"), drawn in float32 on the device from generator("rbd", seed, step, worker,
-compartment, chunk). Each row is scaled by s: 1 / sqrt(length) ("sqrt", the paper's: unit
-norm in expectation) or 1 / its norm ("unit"). `RedrawnBasis` (redrawn.py) is the basis they
-make; `DirectionChunks` serves them to it.
+"rademacher"; the fourth distribution, "hadamard", is structured and made whole by
+`RedrawnHadamardBasis` instead), drawn in float32 on the device from generator("rbd", seed,
+step, worker, compartment, chunk). Each row is scaled by s: 1 / sqrt(length) ("sqrt", the
+paper's: unit norm in expectation) or 1 / its norm ("unit"). `RedrawnBasis` (redrawn.py) is
+the basis they make; `DirectionChunks` serves them to it.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from torch import Tensor
 
 from ..errors import BadArgument, check_seed, is_int
 from ..seeding import generator
+from .base import Basis
 from .gaussian import dtype_name, parse_dtype
 
-DISTRIBUTIONS = ("gaussian", "uniform", "rademacher")
+DISTRIBUTIONS = ("gaussian", "uniform", "rademacher", "hadamard")
+# Drawn entry by entry in chunks (this module); "hadamard" directions are structured, made
+# whole by a transform (redrawn_hadamard.py).
+CHUNKED = DISTRIBUTIONS[:3]
 NORMALISATIONS = ("sqrt", "unit")
 
 
@@ -43,7 +48,9 @@ def _raw(seed, step, worker, compartment, chunk, rows, length, distribution, dev
         out = torch.empty(rows, length, device=device).bernoulli_(0.5, generator=g)
         return out.mul_(2).sub_(1)
     raise BadArgument(
-        "distribution", f"must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}"
+        "distribution",
+        f"must be one of {', '.join(CHUNKED)} for directions drawn in chunks, got "
+        f"{distribution!r} (hadamard directions come from RedrawnHadamardBasis)",
     )
 
 
@@ -167,3 +174,35 @@ def redrawn_settings(seed, step, worker, distribution, normalise, chunk_rows, de
         "device": torch.device(device),
         "dtype": parse_dtype(dtype_name(dtype)),
     }
+
+
+class KeyedBasis(Basis):
+    """What the redrawn kinds share: saved as their numbers alone (the key and options, no
+    tensors), rebuilt from them, and re-keyed. Subclasses give `numbers()` (constructor
+    arguments, with num_params and dim first, dtype by name) and `_options()` (the arguments
+    numbers() leaves out: device, dtype, ...)."""
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {}
+
+    def _options(self) -> dict:
+        return {"dtype": self.dtype, "device": self.device}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, Tensor], numbers: dict) -> KeyedBasis:
+        return cls._rebuild(numbers, dtype=parse_dtype(numbers["dtype"]))
+
+    @classmethod
+    def _rebuild(cls, numbers: dict, **changes) -> KeyedBasis:
+        n = numbers | changes
+        return cls(n.pop("num_params"), n.pop("dim"), **n)
+
+    def to(self, device=None, dtype=None) -> KeyedBasis:
+        """The same key on another device (a different stream on another device type) or in
+        another dtype (the same directions, in that dtype)."""
+        changes = {"dtype": dtype or self.dtype, "device": device or self.device}
+        return self._rebuild(self.numbers(), **(self._options() | changes))
+
+    def at_step(self, step: int) -> KeyedBasis:
+        """The same basis keyed at another step."""
+        return self._rebuild(self.numbers(), **self._options(), step=step)

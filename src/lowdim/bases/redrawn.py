@@ -27,18 +27,20 @@ from ..errors import BadArgument, is_int
 from .base import Basis
 from .blocks import BlockBasis
 from .compartments import Compartment
-from .directions import DirectionChunks, redrawn_settings
-from .gaussian import check_dims, dtype_name, parse_dtype
+from .directions import CHUNKED, DirectionChunks, KeyedBasis, check_choice, redrawn_settings
+from .gaussian import check_dims, dtype_name
+from .redrawn_hadamard import RedrawnHadamardBasis
 
 
-class RedrawnBasis(Basis):
+class RedrawnBasis(KeyedBasis):
     """P (D x d) of one compartment at one step, its chunks regenerated for every product.
 
     Args:
         num_params: D (n_k), the compartment's length.
         dim: d (d_k), its number of directions, 1 <= d <= D.
         seed, step, worker, compartment: the key (defaults 0, 0, 0, 0).
-        distribution: "gaussian" (default), "uniform" or "rademacher".
+        distribution: "gaussian" (default), "uniform" or "rademacher" ("hadamard" directions
+            are a `RedrawnHadamardBasis`; `redrawn_basis` picks the kind).
         normalise: "sqrt" (default) or "unit" (see the module doc).
         chunk_rows: directions per chunk (default 64); part of the key, so saved.
         device: where chunks are drawn and products run (default "cpu").
@@ -73,6 +75,7 @@ class RedrawnBasis(Basis):
         settings = redrawn_settings(
             seed, step, worker, distribution, normalise, chunk_rows, device, dtype
         )
+        check_choice("distribution", distribution, CHUNKED)
         if not is_int(compartment, 0):
             raise BadArgument("compartment", f"must be an integer >= 0, got {compartment!r}")
         chunks = DirectionChunks(settings, [(compartment, num_params, dim)], threads, keep)
@@ -119,9 +122,6 @@ class RedrawnBasis(Basis):
         out = torch.zeros(self._num_params, dtype=self.dtype, device=self.device)
         return self.expand_add_(out, c)
 
-    def tensors(self) -> dict[str, Tensor]:
-        return {}
-
     def numbers(self) -> dict:
         names = ("seed", "step", "worker", "compartment", "distribution", "normalise")
         return {
@@ -132,34 +132,8 @@ class RedrawnBasis(Basis):
             "dtype": dtype_name(self.dtype),
         }
 
-    @classmethod
-    def from_state(cls, tensors: dict[str, Tensor], numbers: dict) -> RedrawnBasis:
-        return cls._rebuild(numbers, dtype=parse_dtype(numbers["dtype"]))
-
-    @classmethod
-    def _rebuild(cls, numbers: dict, **changes) -> RedrawnBasis:
-        n = numbers | changes
-        return cls(n.pop("num_params"), n.pop("dim"), **n)
-
-    def to(self, device=None, dtype=None) -> RedrawnBasis:
-        """The same key on another device (a different stream on another device type) or in
-        another dtype."""
-        return self._rebuild(
-            self.numbers(),
-            dtype=dtype or self.dtype,
-            device=device or self.device,
-            threads=self._chunks.threads,
-        )
-
-    def at_step(self, step: int) -> RedrawnBasis:
-        """The same basis keyed at another step."""
-        return self._rebuild(
-            self.numbers(),
-            step=step,
-            dtype=self.dtype,
-            device=self.device,
-            threads=self._chunks.threads,
-        )
+    def _options(self) -> dict:
+        return {"dtype": self.dtype, "device": self.device, "threads": self._chunks.threads}
 
     def bytes_held(self) -> int:
         """Bytes of the chunks it holds (none unless keep=True)."""
@@ -184,17 +158,28 @@ def redrawn_basis(
     keep: bool = False,
 ) -> BlockBasis:
     """P = diag(P_0, ..., P_{k-1}) at `step` for `worker`: compartment i (with its dim, see
-    `compartments_of`) gets the `RedrawnBasis` keyed compartment=i. The children share one
-    chunk source, so generation runs ahead across compartments. Defaults as `RedrawnBasis`."""
+    `compartments_of`) gets the `RedrawnBasis` keyed compartment=i (a `RedrawnHadamardBasis`
+    for distribution "hadamard", which ignores chunk_rows, threads and keep). The chunked
+    children share one chunk source, so generation runs ahead across compartments. Defaults
+    as `RedrawnBasis`."""
     settings = redrawn_settings(
         seed, step, worker, distribution, normalise, chunk_rows, device, dtype
     )
     parts = [(i, c.length, c.dim) for i, c in enumerate(compartments)]
     if any(c.dim is None for c in compartments):
         raise BadArgument("compartments", "need their dims (see compartments_of's dim)")
+    if distribution == "hadamard":  # structured: no chunks, nothing to generate ahead
+
+        def child(i: int, c: Compartment) -> Basis:
+            return RedrawnHadamardBasis(
+                c.length, c.dim, seed, step=step, worker=worker, compartment=i,
+                normalise=normalise, device=device, dtype=settings["dtype"],
+            )  # fmt: skip
+
+        return BlockBasis.from_compartments(compartments, child)
     chunks = DirectionChunks(settings, parts, threads, keep)
 
-    def child(i: int, _: Compartment) -> RedrawnBasis:
+    def child(i: int, _: Compartment) -> Basis:
         basis = RedrawnBasis.__new__(RedrawnBasis)
         basis._setup(chunks, i)
         return basis
