@@ -12,6 +12,13 @@ from lowdim.optim.rbd import RBD, directions
 from lowdim.params import FlatParams
 
 
+def gaussian_rbd(*args, **kwargs) -> RBD:
+    """RBD with directions drawn in chunks (Gaussian unless the test names another): these
+    tests check the chunked generator; structured directions have their own tests
+    (test_bases_redrawn_hadamard.py)."""
+    return RBD(*args, **{"distribution": "gaussian", **kwargs})
+
+
 def net_and_flat(seed=0):
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 3))
@@ -53,7 +60,7 @@ def first_chunk(opt, step, worker, compartment, index):
 )
 def test_step_is_minus_lr_p_pt_g_and_bases_change_every_step(compartments, options):
     net, flat = net_and_flat()
-    opt = RBD(flat, 8, lr=0.5, compartments=compartments, chunk_rows=3, **options)
+    opt = gaussian_rbd(flat, 8, lr=0.5, compartments=compartments, chunk_rows=3, **options)
     loss = loss_of(net)
     for step in range(3):
         opt.zero_grad()
@@ -72,9 +79,9 @@ def test_a_float64_model_steps_along_the_same_directions_in_float64():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 3)).double()
     flat = FlatParams(net)
-    opt = RBD(flat, 8, lr=0.5, chunk_rows=3)
+    opt = gaussian_rbd(flat, 8, lr=0.5, chunk_rows=3)
     _, flat32 = net_and_flat()
-    opt32 = RBD(flat32, 8, lr=0.5, chunk_rows=3)
+    opt32 = gaussian_rbd(flat32, 8, lr=0.5, chunk_rows=3)
     assert torch.equal(first_chunk(opt, 0, 0, 0, 1)[0], first_chunk(opt32, 0, 0, 0, 1)[0].double())
     p = materialised(opt, 0)
     assert p.dtype == torch.float64  # scaled in float64: within float32's rounding of P
@@ -90,7 +97,7 @@ def test_a_float64_model_steps_along_the_same_directions_in_float64():
 
 def test_a_chunk_regenerated_from_its_key_alone_equals_the_one_used():
     _, flat = net_and_flat()
-    opt = RBD(flat, 10, lr=1.0, seed=4, worker=2, chunk_rows=4)
+    opt = gaussian_rbd(flat, 10, lr=1.0, seed=4, worker=2, chunk_rows=4)
     used = [raw * scale for _, raw, scale in opt.basis_at(7, 2).blocks[0][2].chunks()]
     again = directions(4, 7, 2, 0, 1, 4, flat.numel)
     assert torch.equal(used[1], again)
@@ -103,7 +110,7 @@ def test_results_do_not_depend_on_threads_or_kept_directions():
     results = []
     for options in (dict(threads=1), dict(threads=3), dict(keep_directions=True)):
         net, flat = net_and_flat()
-        opt = RBD(flat, 9, lr=0.5, chunk_rows=2, **options)
+        opt = gaussian_rbd(flat, 9, lr=0.5, chunk_rows=2, **options)
         loss = loss_of(net)
         for _ in range(3):
             opt.zero_grad()
@@ -116,7 +123,7 @@ def test_results_do_not_depend_on_threads_or_kept_directions():
 
 def test_fixed_basis_uses_the_same_directions_at_every_step():
     _, flat = net_and_flat()
-    opt = RBD(flat, 6, lr=1.0, fixed_basis=True)
+    opt = gaussian_rbd(flat, 6, lr=1.0, fixed_basis=True)
     assert torch.equal(materialised(opt, 0), materialised(opt, 5))
 
 
@@ -144,12 +151,12 @@ def test_distributions_have_unit_variance_and_normalisations(distribution):
 def test_bad_input(kwargs, expect):
     _, flat = net_and_flat()
     with pytest.raises(LowdimError, match=expect):
-        RBD(flat, lr=1.0, **kwargs)
+        gaussian_rbd(flat, lr=1.0, **kwargs)
 
 
 def test_state_dict_round_trip_resumes_exactly():
     net, flat = net_and_flat()
-    opt = RBD(flat, 5, lr=0.3)
+    opt = gaussian_rbd(flat, 5, lr=0.3)
     loss = loss_of(net)
 
     def run(o, steps):
@@ -166,7 +173,7 @@ def test_state_dict_round_trip_resumes_exactly():
     saved = torch.load(buf, weights_only=True)
     net2, flat2 = net_and_flat()
     flat2.set(saved["theta"])
-    opt2 = RBD(flat2, 5, lr=0.3)
+    opt2 = gaussian_rbd(flat2, 5, lr=0.3)
     opt2.load_state_dict(saved["opt"])
     loss2 = loss_of(net2)
     for _ in range(2):
@@ -179,7 +186,9 @@ def test_state_dict_round_trip_resumes_exactly():
 def test_hyperparameters_are_in_the_state_dict_and_load_with_weights_only():
     net, flat = net_and_flat()
     parts = compartments_of(net, "layer", 9, "equal")
-    opt = RBD(flat, None, 0.3, seed=5, distribution="uniform", mode="shared", compartments=parts)
+    opt = gaussian_rbd(
+        flat, None, 0.3, seed=5, distribution="uniform", mode="shared", compartments=parts
+    )
     opt.zero_grad()
     loss_of(net)().backward()
     opt.step()
@@ -210,8 +219,8 @@ def test_a_state_saved_with_other_directions_is_refused(key):
     """Loading a state saved under another seed, distribution, ... or compartments would
     continue its run along other directions: refused, naming the setting, and nothing changes."""
     _, flat = net_and_flat()
-    saved = RBD(flat, 5, lr=0.3, **{key: SETTINGS[key]}).state_dict()
-    opt = RBD(flat, 5, lr=0.1)
+    saved = gaussian_rbd(flat, 5, lr=0.3, **{key: SETTINGS[key]}).state_dict()
+    opt = gaussian_rbd(flat, 5, lr=0.1)
     before = opt.state_dict()
     with pytest.raises(LowdimError, match=f"^the RBD state was saved with {key} "):
         opt.load_state_dict(saved)
@@ -228,8 +237,8 @@ def test_a_state_with_the_same_directions_loads_and_its_lr_is_adopted():
     _, flat = net_and_flat()
     named = compartments_of(flat, "param", 5)
     as_tuples = [(c.offset, c.length, c.dim) for c in named]
-    saved = RBD(flat, 5, lr=0.3, compartments=as_tuples).state_dict()
-    opt = RBD(flat, None, lr=0.1, compartments=named)  # names aside, the same compartments
+    saved = gaussian_rbd(flat, 5, lr=0.3, compartments=as_tuples).state_dict()
+    opt = gaussian_rbd(flat, None, lr=0.1, compartments=named)  # names aside, the same compartments
     opt.load_state_dict(saved)
     assert opt.param_groups[0]["lr"] == 0.3
 
@@ -244,7 +253,7 @@ def test_redrawn_bases_beat_a_fixed_basis_on_digits():
     for fixed in (False, True):
         torch.manual_seed(0)
         model = build_model("mlp", data.input_shape, data.num_classes)
-        opt = RBD(FlatParams(model), 50, lr=10.0, fixed_basis=fixed)
+        opt = gaussian_rbd(FlatParams(model), 50, lr=10.0, fixed_basis=fixed)
         acc[fixed] = fit(
             model, opt, data.train, data.test, epochs=5, batch_size=32, progress=False
         ).test_acc

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -37,7 +38,7 @@ def global_batches(data, size):
     return [b for _, b in zip(range(STEPS), batches, strict=False)]
 
 
-def independent_worker(rank: int, port: int, out: str) -> None:
+def independent_worker(rank: int, port: int, out: str, distribution: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     sent = []  # every tensor this worker hands to a collective
@@ -50,7 +51,7 @@ def independent_worker(rank: int, port: int, out: str) -> None:
     rbd_module.dist.all_gather = counting_gather
     data = load_dataset("digits")
     model, flat = model_and_flat()
-    opt = RBD(flat, DIM, LR, seed=3, chunk_rows=8)
+    opt = RBD(flat, DIM, LR, seed=3, chunk_rows=8, distribution=distribution)
     assert opt.worker == rank
     shard = data.train.batches(
         BATCH, shuffle=True, seed=0, epoch=1, drop_last=True, shard=(rank, 2)
@@ -68,8 +69,12 @@ def independent_worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_two_workers_stay_identical_match_a_simulation_and_send_d_numbers(tmp_path, free_port):
-    mp.spawn(independent_worker, args=(free_port, str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("distribution", ["gaussian", "hadamard"])
+def test_two_workers_stay_identical_match_a_simulation_and_send_d_numbers(
+    tmp_path, free_port, distribution
+):
+    args = (free_port, str(tmp_path), distribution)
+    mp.spawn(independent_worker, args=args, nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert torch.equal(r0["weights"], r1["weights"])  # after every step
     assert r0["sent"] == [DIM] * STEPS and r0["bytes"] == DIM * 4  # d numbers, never D
@@ -78,7 +83,7 @@ def test_two_workers_stay_identical_match_a_simulation_and_send_d_numbers(tmp_pa
     # worker's directions from its own key, the mean of the two steps.
     data = load_dataset("digits")
     model, flat = model_and_flat()
-    opt = RBD(flat, DIM, LR, seed=3, chunk_rows=8)
+    opt = RBD(flat, DIM, LR, seed=3, chunk_rows=8, distribution=distribution)
     for step, (x, y) in enumerate(global_batches(data, 2 * BATCH)):
         update = torch.zeros_like(flat.data)
         for w in (0, 1):

@@ -44,7 +44,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--distribution",
         default=d.distribution,
-        help=f"one of: {', '.join(DISTRIBUTIONS)}",
+        help=f"one of: {', '.join(DISTRIBUTIONS)} (default: hadamard, structured directions at "
+        "the cost of two transforms per step; gaussian: the paper's, drawn entry by entry)",
     )
     p.add_argument(
         "--normalise",
@@ -65,7 +66,15 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--keep-directions",
         action="store_true",
-        help="hold a step's directions in memory (d x D floats) instead of regenerating them",
+        help="hold a step's directions in memory (d x D floats) instead of regenerating them "
+        "(chunked distributions: gaussian, uniform, rademacher)",
+    )
+    p.add_argument(
+        "--shift",
+        type=int,
+        default=d.shift,
+        metavar="PIXELS",
+        help="augment the training images with random shifts of up to PIXELS (default 0: none)",
     )
     p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training data")
     p.add_argument("--lr", type=finite_float, default=d.lr, help="learning rate")

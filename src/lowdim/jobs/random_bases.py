@@ -20,7 +20,7 @@ from torch import nn
 from .. import distributed
 from ..bases.compartments import SPLITS, Compartment, compartments_of
 from ..bases.directions import check_choice
-from ..data import Data, load_dataset
+from ..data import Data, RandomCropFlip, Split, StreamSplit, load_dataset
 from ..errors import BadArgument, check_seed
 from ..optim.optimizer import check_rates
 from ..optim.rbd import DISTRIBUTIONS, MODES, NORMALISATIONS, RBD
@@ -39,7 +39,9 @@ class RBDConfig:
     """Defaults follow the paper: d = 250, batch 32, plain SGD without momentum or schedule
     (its learning rates are per task; 1.0 is its FC-MNIST rate); epochs 10 (paper: 100).
     `mode` and `keep_directions` are those of `lowdim.optim.RBD`; under torchrun
-    `batch_size` is per process."""
+    `batch_size` is per process. `shift` N > 0 augments the training images with random
+    shifts of up to N pixels (padded with the darkest pixel value and cropped back; no flips,
+    which would turn digits into other symbols); default 0, none."""
 
     dataset: str = "digits"
     arch: str = "fc"
@@ -48,11 +50,12 @@ class RBDConfig:
     compartments: str = "none"
     chunk_size: int = 0
     split: str = "size"
-    distribution: str = "gaussian"
+    distribution: str = "hadamard"
     normalise: str = "sqrt"
     fixed_basis: bool = False
     mode: str = "independent"
     keep_directions: bool = False
+    shift: int = 0
     epochs: int = 10
     lr: float = 1.0
     batch_size: int = 32
@@ -86,6 +89,8 @@ def check_config(cfg: RBDConfig) -> None:
         raise BadArgument("epochs", f"must be a positive integer, got {cfg.epochs}")
     if cfg.batch_size < 1:
         raise BadArgument("batch_size", f"must be a positive integer, got {cfg.batch_size}")
+    if cfg.shift < 0:
+        raise BadArgument("shift", f"must be an integer >= 0 (pixels), got {cfg.shift}")
 
 
 def rbd_compartments(cfg: RBDConfig, flat: FlatParams) -> list[Compartment]:
@@ -112,7 +117,18 @@ def _data_and_model(
     if data is None:
         data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed)
     model = model_for(as_sgd, data, device) if model is None else model.to(device)
+    if cfg.shift:
+        data = replace(data, train=shifted(data.train, cfg.shift))
     return cfg, data, model
+
+
+def shifted(train: Split | StreamSplit, pixels: int) -> Split:
+    """`train` augmented with random shifts of up to `pixels` (a new split, the same tensors):
+    padding takes the smallest input value, the background of MNIST-like images."""
+    if not isinstance(train, Split) or isinstance(train.x, dict) or train.x.dim() != 4:
+        raise BadArgument("shift", "needs image inputs held in memory, (N, C, H, W)")
+    black = float(train.x.min())
+    return Split(train.x, train.y, augment=RandomCropFlip(pixels, fill=black, flip=False))
 
 
 def _build_rbd(cfg: RBDConfig, flat: FlatParams) -> RBD:

@@ -58,7 +58,10 @@ class RBD(FlatOptimizer):
         lr: learning rate (plain SGD, no momentum, as in the paper).
         seed: the key's seed (default 0).
         worker: the key's worker index (default: this process's rank, 0 alone).
-        distribution: "gaussian" (default), "uniform" or "rademacher".
+        distribution: "hadamard" (default: structured directions, d rows of a randomised
+            Hadamard transform, two transforms per step whatever d is; see
+            lowdim.bases.redrawn_hadamard), or entries drawn i.i.d. in chunks: "gaussian"
+            (the paper's), "uniform" or "rademacher".
         normalise: "sqrt" (default: divide by sqrt(length)) or "unit".
         compartments: `Compartment`s tiling 0..D (see `lowdim.bases.compartments_of`), or
             the older (offset, length, d_k) tuples (default None: one, all of theta).
@@ -82,7 +85,7 @@ class RBD(FlatOptimizer):
         *,
         seed: int = 0,
         worker: int | None = None,
-        distribution: str = "gaussian",
+        distribution: str = "hadamard",
         normalise: str = "sqrt",
         compartments: list[Compartment] | list[tuple[int, int, int]] | None = None,
         fixed_basis: bool = False,
