@@ -72,8 +72,10 @@ def steps(arch: str, dim: int, repeats: int) -> dict:
     fns = {
         "sgd": make(lambda m: torch.optim.SGD(m.parameters(), lr=1e-3)),
         "hadamard": make(lambda m: RBD(FlatParams(m), dim, 1e-3, distribution="hadamard")),
-        "gaussian": make(lambda m: RBD(FlatParams(m), dim, 1e-3)),
-        "gaussian_kept": make(lambda m: RBD(FlatParams(m), dim, 1e-3, keep_directions=True)),
+        "gaussian": make(lambda m: RBD(FlatParams(m), dim, 1e-3, distribution="gaussian")),
+        "gaussian_kept": make(
+            lambda m: RBD(FlatParams(m), dim, 1e-3, distribution="gaussian", keep_directions=True)
+        ),
     }
     ms = median_ms(fns, repeats if dim <= 1000 else min(repeats, 3))
     return {
