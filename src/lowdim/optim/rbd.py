@@ -35,12 +35,15 @@ class RBD(FlatOptimizer):
     """theta <- theta - lr * P (P^T g), with P (D x d) drawn anew at every step.
 
     P is `redrawn_basis(compartments, seed, step=step, worker=w, ...)`: block diagonal, one
-    block of d_k directions per compartment, each block's chunks regenerated from the key
-    (seed, step, w, k, chunk) for each of the two products (`keep_directions=True` holds this
-    worker's chunks between the two instead: d x D floats of memory for half the generation;
-    with `fixed_basis`, for good). `fixed_basis=True` keys every step as step 0: the fixed
-    random projection baseline. Directions are drawn in float32 on the model's device, then
-    cast to the model's dtype (a float64 model steps along the same directions in float64).
+    block of d_k directions per compartment. Structured directions (the default) are d_k rows
+    of a randomised Hadamard transform drawn from the key (seed, step, w, k), two transforms
+    per step whatever d is. Chunked ones (Gaussian, uniform, Rademacher) are regenerated chunk
+    by chunk from the key (seed, step, w, k, chunk) for each of the two products
+    (`keep_directions=True` holds this worker's chunks between the two instead: d x D floats
+    of memory for half the generation; with `fixed_basis`, for good). `fixed_basis=True` keys
+    every step as step 0: the fixed random projection baseline. Chunked directions are drawn
+    in float32 on the model's device, then cast to the model's dtype (a float64 model steps
+    along the same directions in float64); structured ones are computed in the model's dtype.
 
     Under several processes (`torch.distributed` initialised), each computes the gradient of its
     own minibatch and its coordinates c_w = P_w^T g_w, and only coordinates are exchanged:
