@@ -236,12 +236,7 @@ def validated() -> dict:
     rows["psgd"]["lr_chosen"] = [seeds[s]["psgd"]["lr"] for s in holdout.SEEDS]
     return {
         "protocol": {
-            "train": "90% of the 60,000 training images (holdout_split(train, 0.1, seed))",
-            "validation": "the other 10% (6,000); every choice is made on it",
-            "test": "the 10,000 test images, evaluated once per row after the choices",
-            "seeds": list(holdout.SEEDS),
-            "threads": holdout.THREADS,
-            "sgd": {**holdout.SGD, "full_epochs": 20, "full_milestones": [10, 15]},
+            **holdout.PROTOCOL,
             "sample": "8 epochs, constant lr, 5 snapshots per epoch (41 snapshots)",
             "pbfgs": "2 epochs, batch 256, d = 40 (fixed, no choice)",
             "psgd": "4 epochs, batch 128, d = 40, lr x0.1 at epoch 3; lr chosen per seed "

@@ -39,6 +39,17 @@ SGD = dict(lr=0.05, momentum=0.9, weight_decay=1e-4, batch_size=128)
 FULL_EPOCHS, FULL_MILESTONES = 20, [10, 15]
 
 
+# What every validated table's results record of the protocol they share.
+PROTOCOL = {
+    "train": "90% of the 60,000 training images (holdout_split(train, 0.1, seed))",
+    "validation": "the other 10% (6,000); every choice is made on it",
+    "test": "the 10,000 test images, evaluated once per row after the choices",
+    "seeds": list(SEEDS),
+    "threads": THREADS,
+    "sgd": {**SGD, "full_epochs": FULL_EPOCHS, "full_milestones": FULL_MILESTONES},
+}
+
+
 def use_one_thread() -> None:
     torch.set_num_threads(THREADS)
 

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
+
+from holdout import spread  # the mean and spread every experiment reports
 
 from lowdim.io import atomic_write_json
 from lowdim.jobs import SGDConfig, train_sgd
@@ -88,14 +89,6 @@ def rbd_run(name: str, task: str, epochs: int, data_dir: str, **options) -> dict
     if COLLECT and not (path / "summary.json").exists():
         return unfinished(path)
     return outcome(train_rbd(cfg, path, resume=True, progress=False), path)
-
-
-def spread(values: list[float]) -> dict:
-    return {
-        "mean": round(statistics.mean(values), 4),
-        "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
-        "values": values,
-    }
 
 
 def directions(data_dir: str, epochs: int, distributions: list[str]) -> dict:

@@ -164,12 +164,7 @@ def validated() -> dict:
     holdout.use_one_thread()
     out = {
         "protocol": {
-            "train": "90% of the 60,000 training images (holdout_split(train, 0.1, seed))",
-            "validation": "the other 10% (6,000); every choice is made on it",
-            "test": "the 10,000 test images, evaluated once per row after the choices",
-            "seeds": list(holdout.SEEDS),
-            "threads": holdout.THREADS,
-            "sgd": {**holdout.SGD, "full_epochs": 20, "full_milestones": [10, 15]},
+            **holdout.PROTOCOL,
             "half": "the first 10 epochs at constant lr, 5 checkpoints per epoch",
             "twa": "1 epoch of projected SGD, batch 128, momentum 0.9, weight decay 1e-5; "
             f"window start in {list(WINDOW_STARTS)} (checkpoints of epochs 2, 4, 6) and lr "
