@@ -6,7 +6,12 @@
    seconds, with the orthogonality error max |P^T P - I| of each.
 2. Sharding: the same TWA basis built and held by R = 1, 2, 4 gloo processes on this machine
    (tall-skinny QR): bytes of P per process, seconds to extract, and what one projected step
-   exchanges, against plain data parallelism.
+   hands to the collectives, against plain data parallelism.
+3. Epochs on ResNet-20 CIFAR shapes (D = 269,722, d = 40, 3x32x32 inputs, 2 gloo processes of
+   one thread, 32 examples each per step): seconds per epoch of plain data-parallel SGD, of
+   P-SGD with the whole basis on every process, and of P-SGD with the basis sharded (gradient
+   reduce-scattered, d partial products all-reduced, the step's slices all-gathered), in
+   interleaved rounds; the median of each, and its ratio to SGD's.
 
     python benchmarks/bench_twa.py
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+import statistics
 import tempfile
 import time
 
@@ -24,8 +30,12 @@ import torch.multiprocessing as mp
 from common import write_result
 
 from lowdim.bases.pca import pca_of_rows
-from lowdim.bases.sharded import shard_bounds, shard_span_basis
+from lowdim.bases.sharded import shard_bounds, shard_pca_basis, shard_size, shard_span_basis
 from lowdim.bases.span import span_of_rows
+from lowdim.models import build_model
+from lowdim.optim import PSGD
+from lowdim.params import FlatParams
+from lowdim.train import fit
 
 D, N = 269_722, 41
 
@@ -89,16 +99,80 @@ def sharding() -> list[dict]:
             s.close()
             mp.spawn(shard_worker, args=(world, port, out), nprocs=world, join=True)
             got = [torch.load(f"{out}/{r}", weights_only=True) for r in range(world)]
-        d = got[0]["d"]
+        d, padded = got[0]["d"], shard_size(D, world) * world
         rows.append(
             {
                 "kind": "sharded",
                 "processes": world,
                 "bytes_per_process": max(g["bytes"] for g in got),
                 "extract_seconds": round(max(g["seconds"] for g in got), 3),
-                # per projected step, per process, float32 numbers handed to collectives
+                # per projected step, per process, float32 numbers handed to collectives:
+                # the gradient's all-reduce, against its reduce-scatter, the d partial
+                # products and the all-gather of this process's slice of the step
                 "data_parallel_numbers": D if world > 1 else 0,
-                "sharded_numbers": (D + d + D) if world > 1 else 0,
+                "sharded_numbers": (padded + d + padded // world) if world > 1 else 0,
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+EPOCH_STEPS, BATCH, ROUNDS = 12, 32, 3
+METHODS = ("sgd", "psgd whole basis", "psgd sharded basis")
+
+
+def epoch_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    g = torch.Generator().manual_seed(rank)
+    batches = [
+        (torch.randn(BATCH, 3, 32, 32, generator=g), torch.randint(0, 10, (BATCH,), generator=g))
+        for _ in range(EPOCH_STEPS)
+    ]
+    lo, hi = shard_bounds(D, world, rank)
+    whole = pca_of_rows(window_block(0, D).numpy(), 40)
+    sharded = shard_pca_basis(window_block(lo, hi).numpy(), 40, lo, hi, D, (0, N, 1))
+    model = build_model("resnet20", (3, 32, 32), 10)
+    flat = FlatParams(model)
+    optimizers = {
+        "sgd": torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+        "psgd whole basis": PSGD(flat, whole, lr=0.01),
+        "psgd sharded basis": PSGD(flat, sharded, lr=0.01),
+    }
+    seconds: dict[str, list[float]] = {k: [] for k in METHODS}
+    for _ in range(1 + ROUNDS):  # the first round warms up
+        for name in METHODS:
+            dist.barrier()
+            start = time.perf_counter()
+            fit(model, optimizers[name], batches, [], epochs=1, flat=flat, progress=False)
+            seconds[name].append(time.perf_counter() - start)
+    torch.save({k: v[1:] for k, v in seconds.items()}, f"{out}/{rank}")
+    dist.destroy_process_group()
+
+
+def epochs(world: int = 2) -> list[dict]:
+    with tempfile.TemporaryDirectory() as out, socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        mp.spawn(epoch_worker, args=(world, port, out), nprocs=world, join=True)
+        got = [torch.load(f"{out}/{r}", weights_only=True) for r in range(world)]
+    # an epoch lasts as long as its slowest process
+    median = {
+        k: statistics.median(max(g[k][i] for g in got) for i in range(ROUNDS)) for k in METHODS
+    }
+    rows = []
+    for name in METHODS:
+        rows.append(
+            {
+                "kind": "epoch",
+                "method": name,
+                "processes": world,
+                "steps": EPOCH_STEPS,
+                "batch_per_process": BATCH,
+                "epoch_seconds": round(median[name], 3),
+                "over_sgd": round(median[name] / median["sgd"], 3),
             }
         )
         print(rows[-1], flush=True)
@@ -106,13 +180,16 @@ def sharding() -> list[dict]:
 
 
 def main() -> None:
-    rows = extraction() + sharding()
+    rows = extraction() + sharding() + epochs()
     path = write_result(
         "twa",
         rows,
         notes="extraction: same window for both; sharded: TWA span by tall-skinny QR over R "
-        "gloo processes on one machine; numbers per step = gradient all-reduce (D), the "
-        "partial projections (d) and the gathered step (D)",
+        "gloo processes on one machine; numbers per step = gradient all-reduce (D) for data "
+        "parallelism, against the gradient's reduce-scatter (D, padded to a multiple of R), "
+        "the partial projections (d) and the all-gathered slice of the step (D/R) sharded; "
+        "epoch: ResNet-20 on CIFAR-shaped random tensors, 2 gloo processes of one thread, "
+        f"{EPOCH_STEPS} steps of {BATCH} examples each, median of {ROUNDS} interleaved rounds",
     )
     print(f"-> {path}")
 

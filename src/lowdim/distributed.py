@@ -131,22 +131,33 @@ def same_on_all(value: int, what: str) -> None:
         )
 
 
-def weighted_mean_(tensors: list[torch.Tensor], weight: int, *, reduce: bool = True) -> None:
-    """Per-process means over `weight` examples (weight_r on process r) become the mean over
-    all of them, in place (no-op alone): each tensor is scaled by W * weight_r / sum_r weight_r
-    and, with `reduce` (default True), averaged across the W processes. Without `reduce` only
-    the scaling happens (one all-reduce of a single number), for optimisers that average
-    something smaller than the tensors themselves."""
+def weighted_mean_(
+    loss: torch.Tensor, grads: list[torch.Tensor], weight: int, *, reduce: bool = True
+) -> torch.Tensor:
+    """The mean over all processes' examples of the per-process mean `loss` over `weight`
+    examples (weight_r on process r), and each gradient in `grads` made the same mean in place
+    (`loss` itself is returned unchanged alone).
+
+    One all-reduce of two numbers (sum_r weight_r loss_r, sum_r weight_r) gives the loss; with
+    `reduce` (default True) each gradient is scaled by weight_r / sum_r weight_r and summed
+    across processes (one all-reduce of its size); without it only scaled, by
+    R weight_r / sum_r weight_r, so that the plain mean across the R processes is the global
+    one, for optimisers that combine something smaller than the gradients themselves. The
+    scales stay on the device: no host synchronisation.
+    """
     world = world_size()
     if world == 1:
-        return
-    total = torch.tensor(float(weight), dtype=torch.float64, device=tensors[0].device)
-    dist.all_reduce(total)
-    for t in tensors:
-        t.mul_(weight * world / total.item())
+        return loss
+    sums = torch.stack(
+        [loss.detach().double() * weight, loss.new_tensor(weight, dtype=torch.float64)]
+    )
+    dist.all_reduce(sums)
+    share = weight / sums[1]
+    for g in grads:
+        g.mul_((share if reduce else share * world).to(g.dtype))
         if reduce:
-            dist.all_reduce(t)
-            t.div_(world)
+            dist.all_reduce(g)
+    return (sums[0] / sums[1]).to(loss.dtype)
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:

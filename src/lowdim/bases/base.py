@@ -33,6 +33,9 @@ class Basis(ABC):
     """
 
     kind: ClassVar[str] = ""
+    # True where `project` itself combines the processes' gradients (a sharded basis): the
+    # training loop then hands it each process's own gradient instead of all-reducing it.
+    combines_gradients: bool = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

@@ -1,8 +1,18 @@
 """A basis split along the parameter axis over the processes of a run: each of R processes holds
-P's rows for its own D/R parameters, so the basis's memory per process falls by R.
+P's rows for its own D/R parameters, so the basis's memory per process falls by R, and a step
+sends what plain data parallelism sends plus d numbers.
 
-    P^T g = sum_r P_r^T g_r     each process its partial product, one all-reduce of d numbers
-    P c   = [P_1 c; ...; P_R c] each process its own piece, one all-gather of D numbers
+    P^T g = sum_r P_r^T g_r     g summed onto each process's own slice by one reduce-scatter
+                                (D numbers in), each process its partial product, one
+                                all-reduce of d numbers
+    P c   = [P_1 c; ...; P_R c] each process its own slice, one all-gather (D/R numbers in)
+
+Per step a process hands D + D/R + d numbers to the collectives, where data parallelism with
+the whole basis all-reduces the gradient (D) and has nothing more to send. On the wire a ring
+all-reduce of D numbers is a reduce-scatter and an all-gather, (R-1)/R D each way: the sharded
+step sends the same plus d. So the training loop must not all-reduce the gradient first
+(`combines_gradients`): `project` takes each process's own gradient and returns P^T of their
+mean (of identical vectors, P^T of that vector).
 
 Extraction is sharded too: PCA sums the processes' partial Gram matrices (t x t), and the span
 of checkpoints is a tall-skinny QR (each process factors its block, the small R factors are
@@ -23,18 +33,27 @@ from .pca import pca_of_rows
 from .span import SpanBasis
 
 
+def shard_size(num_params: int, world: int) -> int:
+    """ceil(D / R): the length of every process's share once the D-vector is padded to R of
+    them (the chunks a reduce-scatter or an all-gather of equal pieces works on)."""
+    return -(-num_params // world)
+
+
 def shard_bounds(num_params: int, world: int, rank: int) -> tuple[int, int]:
-    """[lo, hi): process `rank`'s contiguous share of `num_params` (sizes differ by <= 1)."""
-    base, extra = divmod(num_params, world)
-    lo = rank * base + min(rank, extra)
-    return lo, lo + base + (rank < extra)
+    """[lo, hi): process `rank`'s contiguous share of `num_params`, ceil(D/R) long (the last
+    shares shorter where R does not divide D)."""
+    size = shard_size(num_params, world)
+    lo = min(rank * size, num_params)
+    return lo, min(lo + size, num_params)
 
 
 class ShardedBasis(Basis):
     """P (D x d) of which this process holds `local`, the rows for parameters [lo, hi).
 
     Needs torch.distributed initialised; every process must call `project` and `expand` at
-    the same points (they are collectives). Not saved to files: it is rebuilt per process.
+    the same points (they are collectives). `project(g)` is P^T of the processes' mean g, so
+    `fit` hands it each process's own gradient (`combines_gradients`) and the step sends
+    D + D/R + d numbers (see the module docstring). Not saved to files: it is rebuilt per process.
     `anchor` (the whole D-vector the subspace is attached to), `window` and
     `explained_variance_ratio` are carried for the training job, as the unsharded bases have.
     """
@@ -58,6 +77,7 @@ class ShardedBasis(Basis):
         self.anchor, self.window = anchor, window
         self.explained_variance_ratio = explained_variance_ratio
         self.world = distributed.world_size()
+        self.combines_gradients = self.world > 1
 
     @property
     def num_params(self) -> int:
@@ -68,10 +88,13 @@ class ShardedBasis(Basis):
         return self.local.dim
 
     def project(self, g: Tensor) -> Tensor:
-        partial = self.local.project(g[self.lo : self.hi])
-        if self.world > 1:
-            dist.all_reduce(partial)
-        return partial
+        """P^T (1/R sum_r g_r), where g_r is process r's `g`."""
+        if self.world == 1:
+            return self.local.project(g)
+        own = reduce_scatter_vector(g)[: self.hi - self.lo]
+        partial = self.local.project(own)
+        dist.all_reduce(partial)
+        return partial.div_(self.world)
 
     def expand(self, c: Tensor) -> Tensor:
         return gather_vector(self.local.expand(c), self.num_params)
@@ -115,19 +138,40 @@ class ShardedBasis(Basis):
         )
 
 
+def _padded(v: Tensor, length: int) -> Tensor:
+    """`v`, zero-padded to `length` (itself where it is that long already)."""
+    if len(v) == length:
+        return v.contiguous()
+    out = torch.zeros(length, dtype=v.dtype, device=v.device)
+    out[: len(v)] = v
+    return out
+
+
+def reduce_scatter_vector(v: Tensor) -> Tensor:
+    """This process's share of the sum over processes of the D-vector `v`: ceil(D/R) numbers
+    (zero-padded past D), its slice [lo, hi) first (see `shard_bounds`); D numbers in."""
+    world = distributed.world_size()
+    size = shard_size(len(v), world)
+    own = torch.empty(size, dtype=v.dtype, device=v.device)
+    # torch 2.10 renamed the single-tensor collectives (*_single); older builds, the old names
+    (getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor)(
+        own, _padded(v, size * world)
+    )
+    return own
+
+
 def gather_vector(piece: Tensor, num_params: int) -> Tensor:
-    """The whole D-vector from every process's piece [lo, hi) (see `shard_bounds`)."""
+    """The whole D-vector from every process's piece [lo, hi) (see `shard_bounds`); its
+    ceil(D/R) numbers in."""
     world = distributed.world_size()
     if world == 1:
         return piece
-    bounds = [shard_bounds(num_params, world, r) for r in range(world)]
-    # all_gather wants equal sizes: pad every piece to the largest share.
-    size = max(hi - lo for lo, hi in bounds)
-    padded = torch.zeros(size, dtype=piece.dtype, device=piece.device)
-    padded[: len(piece)] = piece
-    pieces = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(pieces, padded)
-    return torch.cat([p[: hi - lo] for p, (lo, hi) in zip(pieces, bounds, strict=True)])
+    size = shard_size(num_params, world)
+    whole = torch.empty(size * world, dtype=piece.dtype, device=piece.device)
+    (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(
+        whole, _padded(piece, size)
+    )
+    return whole[:num_params]
 
 
 def sharded_span(block: Tensor, *, rtol: float = 1e-10) -> tuple[Tensor, Tensor, Tensor]:

@@ -173,7 +173,6 @@ def _fit(
         resume=run.resumed,
         progress=progress,
         extra_metrics=lambda: {"step_cosine": optimizer.last_cosine},
-        average_gradients=False,  # RBD exchanges d coordinates, not gradients
         checkpoint_every=checkpoint_every,
     )
 

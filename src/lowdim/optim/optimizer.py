@@ -127,6 +127,12 @@ class BasisOptimizer(FlatOptimizer):
         super().__init__(flat, {**defaults, "dim": basis.dim})
         self.basis = basis
 
+    @property
+    def combines_gradients(self) -> bool:
+        """True where the basis combines the processes' gradients itself (a sharded basis
+        reduce-scatters them): `fit` then leaves each process's gradient unreduced."""
+        return self.basis.combines_gradients
+
 
 def check_basis(flat: FlatParams, basis: Basis) -> None:
     """LowdimError unless the basis acts on the model's D parameters."""

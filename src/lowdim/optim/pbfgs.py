@@ -109,6 +109,12 @@ class PBFGS(BasisOptimizer):
         super().__init__(flat, basis, defaults)
         self.buffers = list(module.buffers()) if module is not None else []
 
+    @property
+    def combines_gradients(self) -> bool:
+        """As `BasisOptimizer`'s, but never with the residual momentum, which steps along the
+        whole averaged gradient in `flat.grad`."""
+        return self.basis.combines_gradients and not self.param_groups[0]["residual_alpha"]
+
     # -- state -------------------------------------------------------------------------------
     def _state(self) -> dict:
         state = self.state[self.flat.data]

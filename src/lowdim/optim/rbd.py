@@ -28,7 +28,16 @@ __all__ = ["DISTRIBUTIONS", "MODES", "NORMALISATIONS", "RBD", "directions"]
 
 MODES = ("independent", "shared")
 # The settings that decide the directions: a state saved under other values is refused.
-BASIS_KEYS = ("seed", "distribution", "normalise", "mode", "fixed_basis", "chunk_rows")
+# `device_type` is one of them: CPU and CUDA generators give different streams from one key.
+BASIS_KEYS = (
+    "seed",
+    "distribution",
+    "normalise",
+    "mode",
+    "fixed_basis",
+    "chunk_rows",
+    "device_type",
+)
 
 
 class RBD(FlatOptimizer):
@@ -73,7 +82,9 @@ class RBD(FlatOptimizer):
         chunk_rows: directions per generated chunk (default 64); part of the key.
         threads: generator threads on the CPU (default: torch.get_num_threads()).
 
-    seed, distribution, normalise, mode, fixed_basis, chunk_rows and compartments (as a list
+    seed, distribution, normalise, mode, fixed_basis, chunk_rows, the device type the
+    directions are drawn on (the model's: CPU and CUDA generators give different streams from
+    one key, so a run resumes on the device type it started on) and compartments (as a list
     of {name, offset, length, dim}) sit in `param_groups` beside lr, so they are in
     `state_dict()`; `load_state_dict` refuses a state saved with other values (see there).
     After each step, `last_cosine` holds the cosine between the step and this process's
@@ -104,6 +115,7 @@ class RBD(FlatOptimizer):
         redrawn_settings(seed, 0, 0, distribution, normalise, chunk_rows, data.device, data.dtype)
         settings = dict(seed=seed, distribution=distribution, normalise=normalise, mode=mode)
         settings |= dict(fixed_basis=bool(fixed_basis), chunk_rows=chunk_rows)
+        settings["device_type"] = data.device.type
         parts_json = [c.as_dict() for c in parts]
         super().__init__(flat, dict(lr=lr, **settings, compartments=parts_json))
         self.world = distributed.world_size()
@@ -131,6 +143,10 @@ class RBD(FlatOptimizer):
     def dim(self) -> int:
         """d, the coordinates of one worker's step (the sum of the compartments' dims)."""
         return sum(c["dim"] for c in self.param_groups[0]["compartments"])
+
+    # Each process projects its own gradient and the coordinates are exchanged: `fit` leaves
+    # the gradients unreduced.
+    combines_gradients = True
 
     @property
     def bytes_sent_per_step(self) -> int:
@@ -208,7 +224,8 @@ class RBD(FlatOptimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's, after a check: a state whose seed, distribution, normalise, mode,
-        fixed_basis, chunk_rows or compartments (offsets, lengths and dims; names aside)
+        fixed_basis, chunk_rows, device type (directions are drawn on the model's device, and
+        CPU and CUDA generators differ) or compartments (offsets, lengths and dims; names aside)
         differ from this optimiser's, or that lacks them, is refused with a LowdimError naming
         the first difference: its steps were taken along other directions, and continuing
         them along these would silently mix two runs. Build the optimiser with the saved
@@ -217,6 +234,7 @@ class RBD(FlatOptimizer):
         saved_groups = state_dict.get("param_groups", [])
         if len(saved_groups) == len(self.param_groups):
             for saved, current in zip(saved_groups, self.param_groups, strict=True):
+                saved = {"device_type": "cpu", **saved}  # states from before it was kept
                 for key in (*BASIS_KEYS, "compartments"):
                     if key not in saved:
                         raise LowdimError(

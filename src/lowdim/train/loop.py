@@ -20,13 +20,15 @@ uninterrupted one would on the same device (weights, snapshots, metrics but thei
 Several processes (see `lowdim.distributed`). `batch_size` is per process: each takes its
 slice of every global batch of world x batch_size (a short last global batch is kept, as
 alone, unless `drop_last`), metrics are summed across processes, and only rank 0 writes the
-run folder, the trajectory and the log; every process reads the checkpoint on resume. With
-`average_gradients` each closure averages the minibatch loss and gradient across processes,
-weighted by their examples, which gives the global batch's mean (data parallel: one
-all-reduce of `flat.grad`, D numbers, or of each trainable parameter's gradient without
-`flat`); an optimiser that exchanges less itself (RBD: d coordinates) passes False and gets
-each process's loss and gradient scaled so that their plain mean across processes is the
-global batch's mean. Either way the weights stay identical on every process; BatchNorm
+run folder, the trajectory and the log; every process reads the checkpoint on resume. Each
+closure's loss is the global batch's mean (one all-reduce of two numbers: the examples and the
+loss). With `average_gradients` the gradient is averaged too, weighted by the processes'
+examples (data parallel: one all-reduce of `flat.grad`, D numbers, or of each trainable
+parameter's gradient without `flat`); an optimiser that combines the gradients itself (its
+`combines_gradients`: RBD, which exchanges d coordinates, or a basis sharded over the
+processes, which reduce-scatters them) gets each process's gradient scaled so that their plain
+mean across processes is the global batch's mean, and `average_gradients` defaults to that.
+Either way the weights stay identical on every process; BatchNorm
 statistics, which each process gathers from its own slices, are replaced by rank 0's at the
 end of every epoch.
 """
@@ -125,6 +127,24 @@ def check_options(
             raise BadArgument(name, f"must be >= {low}, got {value}")
 
 
+def check_autocast(dtype) -> None:
+    """BadArgument unless `dtype` (fit's `autocast`) is None or torch.bfloat16. float16 is
+    refused: its narrow range underflows gradients unless the loss is scaled, which `fit`
+    does not do; a model converted with `.half()` trains, at the user's risk of it."""
+    if dtype is not None and dtype != torch.bfloat16:
+        hint = (
+            " (float16 needs loss scaling, which fit does not do)" if dtype == torch.float16 else ""
+        )
+        raise BadArgument("autocast", f"must be None or torch.bfloat16, got {dtype!r}{hint}")
+
+
+def _device_type(model: nn.Module, device) -> str:
+    """ "cuda" or "cpu": where the forward passes run (`device`, else the model's parameters)."""
+    if device is not None:
+        return torch.device(device).type
+    return next(model.parameters()).device.type
+
+
 def check_checkpoint_every(value: int) -> None:
     """BadArgument unless `value` (fit's `checkpoint_every`) is an integer >= 0 (0: only at
     the end of each epoch)."""
@@ -156,8 +176,9 @@ def fit(
     extra_metrics: Callable[[], dict] | None = None,
     log: Callable[[str], None] | None = None,
     drop_last: bool = False,
-    average_gradients: bool = True,
+    average_gradients: bool | None = None,
     checkpoint_every: int = 0,
+    autocast: torch.dtype | None = None,
 ) -> FitResult:
     """Train `model` for `epochs` epochs of `train`, evaluating on `test` after each (lowdim
     splits or any iterables of batches: images, token sequences, dicts); return the metrics.
@@ -175,10 +196,18 @@ def fit(
     `checkpoint_every=N`, every N steps; `resume=True` continues exactly. With
     `trajectory_dir` and `flat`: a snapshot at the start and `samples_per_epoch` per epoch.
     Several processes: `batch_size` is per process, the short last global batch is kept
-    unless `drop_last`, `average_gradients` averages each step's gradient across them. The
-    module docstring says more of each.
+    unless `drop_last`, `average_gradients` averages each step's gradient across them (default:
+    unless the optimiser's `combines_gradients` says it does so itself). The module docstring
+    says more of each.
+
+    `autocast` (default None: off): the training forward passes run under `torch.autocast` in
+    that dtype, torch.bfloat16 (float32's exponent range, so no loss scaling is needed); the
+    parameters, their gradients and so every basis product stay in the model's dtype, and
+    evaluation runs without it. A model converted to bfloat16 or float16 itself trains too
+    (the subspace optimisers step in its dtype).
     """
     check_options(epochs, batch_size, accumulate, samples_per_epoch, checkpoint_every)
+    check_autocast(autocast)
     data = Batches(train, batch_size, drop_last)
     run = TrainingRun(
         model,
@@ -193,7 +222,10 @@ def fit(
         progress=progress,
     )
     plan = EpochPlan.of(data, run, accumulate, samples_per_epoch, checkpoint_every)
+    if average_gradients is None:
+        average_gradients = not getattr(optimizer, "combines_gradients", False)
     steps = Steps(model, optimizer, loss_fn, regularizer, run.world, average_gradients, flat)
+    steps.autocast = None if autocast is None else (_device_type(model, device), autocast)
     model.train()
     for epoch in range(run.done["epoch"] + 1, epochs + 1):
         lr, started = plan.train(epoch, epochs, steps, seed=seed, device=device)

@@ -7,6 +7,7 @@ Library layer, part of the training loop (`lowdim.train.loop`).
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,6 +36,14 @@ class Steps:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.totals: Tensor = torch.zeros(3, dtype=torch.float64)
         self.scored = True
+        self.autocast: tuple[str, torch.dtype] | None = None  # (device type, dtype) or off
+
+    def precision(self):
+        """The forward passes' autocast context (a null context when off)."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        device_type, dtype = self.autocast
+        return torch.autocast(device_type, dtype=dtype)
 
     def begin(self, sums: list[float], device) -> None:
         """Start an epoch's running sums (a mid-epoch checkpoint's, or zeros)."""
@@ -64,7 +73,7 @@ class Steps:
                 if not count(batch):  # this process's empty share of a short last batch
                     continue
                 share = count(batch) / n
-                with torch.set_grad_enabled(backward):
+                with torch.set_grad_enabled(backward), self.precision():
                     data_loss, hits = forward_loss(self.model, batch, self.loss_fn)
                     data_loss = data_loss * share
                     reg = self.regularizer
@@ -77,8 +86,8 @@ class Steps:
             if total is None:
                 total = torch.zeros((), device=self.totals.device)
             if self.world > 1:
-                parts = [total, *self.grads()] if backward else [total]
-                distributed.weighted_mean_(parts, n, reduce=self.average_gradients)
+                grads = self.grads() if backward else []
+                total = distributed.weighted_mean_(total, grads, n, reduce=self.average_gradients)
             return total
 
         self.optimizer.step(closure)
