@@ -3,6 +3,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 WORDNET_DIR = Path("/usr/share/wordnet")
@@ -52,3 +53,13 @@ def free_port() -> int:
 # A bug in lowdim must fail the test with its traceback, not become the CLI's one-line
 # "internal error" (tests of that line itself unset this).
 os.environ.setdefault("LOWDIM_DEBUG", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` skip where there is no GPU (CI); `make gpu-suite` runs them."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (make gpu-suite runs it)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

@@ -222,7 +222,7 @@ def test_blocks_must_tile_the_parameters(spans, message):
         BlockBasis([(0, 9, random_basis("dense", 10, 2))])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 @pytest.mark.parametrize("kind", RANDOM_KINDS)
 def test_cuda_matches_cpu(kind):
     cpu = random_basis(kind, 3000, 40, seed=5)

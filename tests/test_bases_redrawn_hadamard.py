@@ -133,7 +133,7 @@ def test_shifted_images_move_without_flips_and_other_inputs_are_refused(tmp_path
     assert not (tmp_path / "bad").exists()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_cuda_directions_regenerate_from_their_key_and_are_transposes():
     basis = RedrawnHadamardBasis(5000, 100, seed=1, step=3, device="cuda")
     again = RedrawnHadamardBasis(5000, 100, seed=1, step=3, device="cuda")

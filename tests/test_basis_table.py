@@ -482,7 +482,7 @@ def test_seeded_kinds_rebuild_from_the_seed_alone(name, num_params, tmp_path):
     assert rel(other.project(g), basis.project(g)) > 0.1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 @pytest.mark.parametrize("name", list(BY_NAME))
 def test_cuda_copy_matches_the_cpu(name):
     basis = built(name, 1000)

@@ -271,7 +271,7 @@ def test_name_aliases(digits):
     assert load_dataset("DIGITS").name == "digits"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_batches_match_cpu():
     split = _toy_split(30, augment=RandomCropFlip(padding=1))
     kw = dict(shuffle=True, seed=1, epoch=2)

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 from torch import Tensor
 
-from ..errors import BadArgument, check_seed, is_int
+from ..errors import BadArgument, LowdimError, check_seed, is_int
 from ..seeding import generator
 from .base import Basis
 from .gaussian import dtype_name, parse_dtype
@@ -178,23 +178,41 @@ def redrawn_settings(seed, step, worker, distribution, normalise, chunk_rows, de
 
 class KeyedBasis(Basis):
     """What the redrawn kinds share: saved as their numbers alone (the key and options, no
-    tensors), rebuilt from them, and re-keyed. Subclasses give `numbers()` (constructor
+    tensors), rebuilt from them, and re-keyed. Subclasses give `_key()` (constructor
     arguments, with num_params and dim first, dtype by name) and `_options()` (the arguments
-    numbers() leaves out: device, dtype, ...)."""
+    it leaves out: device, dtype, ...).
+
+    Directions are drawn on the device that uses them, and torch's CPU and CUDA generators
+    give different streams from one seed: a key is reproducible on one device type. So the
+    saved numbers hold `drawn_on`, the device type, and a file is rebuilt there (on the first
+    GPU for "cuda"; a LowdimError where there is none) rather than silently on another.
+    """
 
     def tensors(self) -> dict[str, Tensor]:
         return {}
+
+    def numbers(self) -> dict:
+        return {**self._key(), "drawn_on": self.device.type}
 
     def _options(self) -> dict:
         return {"dtype": self.dtype, "device": self.device}
 
     @classmethod
     def from_state(cls, tensors: dict[str, Tensor], numbers: dict) -> KeyedBasis:
-        return cls._rebuild(numbers, dtype=parse_dtype(numbers["dtype"]))
+        drawn_on = numbers.get("drawn_on", "cpu")  # files from before it was recorded: CPU
+        if drawn_on not in ("cpu", "cuda"):
+            raise LowdimError(f"drawn_on must be cpu or cuda, got {drawn_on!r}")
+        if drawn_on == "cuda" and not torch.cuda.is_available():
+            raise LowdimError(
+                "its directions were drawn on a CUDA device, and CPU generators give another "
+                "stream from the same key: load it on a machine with a GPU"
+            )
+        return cls._rebuild(numbers, dtype=parse_dtype(numbers["dtype"]), device=drawn_on)
 
     @classmethod
     def _rebuild(cls, numbers: dict, **changes) -> KeyedBasis:
         n = numbers | changes
+        n.pop("drawn_on", None)
         return cls(n.pop("num_params"), n.pop("dim"), **n)
 
     def to(self, device=None, dtype=None) -> KeyedBasis:

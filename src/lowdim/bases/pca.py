@@ -22,8 +22,10 @@ from ..trajectory import Trajectory, WindowChecks
 from .dense import DenseBasis
 
 # Column blocks of about this many bytes (as float64) are read, centred and multiplied at a
-# time: small enough to stay in cache, so the buffers are reused rather than re-allocated.
+# time: on the CPU small enough to stay in cache, so the buffers are reused rather than
+# re-allocated; on a GPU large enough that each block's few kernels are long ones.
 BLOCK_BYTES = 2 << 20
+GPU_BLOCK_BYTES = 256 << 20
 
 
 class PCABasis(DenseBasis):
@@ -81,11 +83,14 @@ class PCABasis(DenseBasis):
 
 
 def _column_blocks(matrix, block_cols: int):
-    """(first column, the block as a tensor) over the columns of a (t, D) array; a view, no
-    copy, unless the array is read-only."""
+    """(first column, the block as a tensor) over the columns of a (t, D) array or tensor; a
+    view, no copy, unless the array is read-only."""
     for j in range(0, matrix.shape[1], block_cols):
         view = matrix[:, j : j + block_cols]
-        yield j, torch.from_numpy(view if view.flags.writeable else np.array(view))
+        if isinstance(view, Tensor):
+            yield j, view
+        else:
+            yield j, torch.from_numpy(view if view.flags.writeable else np.array(view))
 
 
 def pca_of_rows(
@@ -100,16 +105,19 @@ def pca_of_rows(
     """The top `n_components` principal directions of the rows of `matrix` (t x D).
 
     `matrix` is anything sliceable by columns into arrays: a numpy array or memory map (read a
-    block at a time), or a CPU tensor. The Gram matrix and its eigendecomposition run in
-    float64; the directions are formed in float32 and stored in `dtype` (default float32).
+    block at a time), or a tensor, on whose device everything runs (a CUDA tensor's Gram
+    matrix, eigendecomposition and directions stay on its GPU, as does the basis). The Gram
+    matrix and its eigendecomposition run in float64; the directions are formed in float32 and
+    stored in `dtype` (default float32).
     `reduce(gram)`, if given, completes the t x t Gram matrix in place before it is
     decomposed: with `matrix` a slice of the parameters, summing the slices' Gram matrices
     across processes gives each its slice of the whole PCA (see `bases.sharded`).
     `checks` (from `Trajectory.checks`) verifies each row's crc32 in the same pass that
     accumulates the Gram matrix. NaN or inf in the rows raise `LowdimError` naming them.
     """
+    device = matrix.device if isinstance(matrix, Tensor) else torch.device("cpu")
     if isinstance(matrix, Tensor):
-        matrix = matrix.detach().cpu().numpy()
+        matrix = matrix.detach()
     t, num_params = matrix.shape
     if not 1 <= n_components <= t - 1:
         raise BadArgument(
@@ -117,15 +125,18 @@ def pca_of_rows(
             f"{n_components} is not possible with {t} snapshots: "
             f"centred PCA of t snapshots gives at most t - 1 = {t - 1} components",
         )
-    block_cols = max(1, min(num_params, BLOCK_BYTES // (8 * t)))
-    gram = torch.empty(t, t, dtype=torch.float64)
-    mean = torch.empty(num_params, dtype=torch.float32)
-    buf = torch.empty(t, block_cols, dtype=torch.float64)  # reused: no page faults per block
+    block_bytes = GPU_BLOCK_BYTES if device.type == "cuda" else BLOCK_BYTES
+    block_cols = max(1, min(num_params, block_bytes // (8 * t)))
+    on = {"device": device}
+    gram = torch.empty(t, t, dtype=torch.float64, **on)
+    mean = torch.empty(num_params, dtype=torch.float32, **on)
+    buf = torch.empty(t, block_cols, dtype=torch.float64, **on)  # reused: no page faults
     # G is symmetric: with the rows split in halves a and b, G_aa, G_ba and G_bb are enough,
     # a quarter less work than the full product.
     h = t // 2
     g_aa, g_ba, g_bb = (
-        torch.zeros(m, n, dtype=torch.float64) for m, n in ((h, h), (t - h, h), (t - h, t - h))
+        torch.zeros(m, n, dtype=torch.float64, **on)
+        for m, n in ((h, h), (t - h, h), (t - h, t - h))
     )
     for j, block in _column_blocks(matrix, block_cols):
         block_mean = block.mean(0, dtype=torch.float64)
@@ -145,7 +156,7 @@ def pca_of_rows(
     if not torch.isfinite(gram).all():  # one non-finite value anywhere spoils all of G
         if checks is not None:
             raise checks.nonfinite_error()
-        bad = [i for i in range(t) if not np.isfinite(matrix[i]).all()]
+        bad = [i for i in range(t) if not bool(_finite(matrix[i]))]
         raise LowdimError(f"rows {bad[:6]} of the snapshot matrix hold NaN or inf values")
     evals, evecs = torch.linalg.eigh(gram)  # ascending
     evals, evecs = evals.flip(0), evecs.flip(1)
@@ -168,20 +179,31 @@ def pca_of_rows(
     # mean: the mean's rounding error is the same in every row, and u_i is orthogonal to the
     # all-ones vector (u_i is an eigenvector of a centred Gram matrix), so it cancels.
     a = (u / s).t().float().contiguous()
-    rows = torch.empty(n_components, num_params, dtype=dtype)
-    centred32 = torch.empty(t, block_cols, dtype=torch.float32)
+    rows = torch.empty(n_components, num_params, dtype=dtype, **on)
+    centred32 = torch.empty(t, block_cols, dtype=torch.float32, **on)
     for j, block in _column_blocks(matrix, block_cols):
         cols = slice(j, j + block.shape[1])
         centred = torch.sub(block, mean[cols], out=centred32[:, : block.shape[1]])
         rows[:, cols] = a @ centred
     return PCABasis(
         rows,
-        anchor=torch.from_numpy(np.array(matrix[0], dtype=np.float32)),
+        anchor=_row(matrix, 0),
         mean=mean,
         singular_values=s,
         explained_variance_ratio=top / total,
         window=window or (0, t, 1),
     )
+
+
+def _finite(row) -> bool:
+    return torch.isfinite(row).all() if isinstance(row, Tensor) else np.isfinite(row).all()
+
+
+def _row(matrix, i: int) -> Tensor:
+    """Row i of an array or tensor, as a new float32 tensor (on the tensor's device)."""
+    if isinstance(matrix, Tensor):
+        return matrix[i].to(torch.float32, copy=True)
+    return torch.from_numpy(np.array(matrix[i], dtype=np.float32))
 
 
 def trajectory_pca(

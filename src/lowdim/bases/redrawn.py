@@ -122,7 +122,7 @@ class RedrawnBasis(KeyedBasis):
         out = torch.zeros(self._num_params, dtype=self.dtype, device=self.device)
         return self.expand_add_(out, c)
 
-    def numbers(self) -> dict:
+    def _key(self) -> dict:
         names = ("seed", "step", "worker", "compartment", "distribution", "normalise")
         return {
             "num_params": self._num_params,
