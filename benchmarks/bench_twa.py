@@ -107,17 +107,19 @@ def sharding() -> list[dict]:
                 "bytes_per_process": max(g["bytes"] for g in got),
                 "extract_seconds": round(max(g["seconds"] for g in got), 3),
                 # per projected step, per process, float32 numbers handed to collectives:
-                # the gradient's all-reduce, against its reduce-scatter, the d partial
-                # products and the all-gather of this process's slice of the step
+                # the gradient's all-reduce, against its reduce-scatter (NCCL: D in; gloo: a
+                # ring of R - 1 sends of D/R), the d partial products and the all-gather of
+                # this process's slice of the step
                 "data_parallel_numbers": D if world > 1 else 0,
-                "sharded_numbers": (padded + d + padded // world) if world > 1 else 0,
+                "sharded_numbers_nccl": (padded + d + padded // world) if world > 1 else 0,
+                "sharded_numbers_gloo": (padded + d) if world > 1 else 0,
             }
         )
         print(rows[-1], flush=True)
     return rows
 
 
-EPOCH_STEPS, BATCH, ROUNDS = 12, 32, 3
+EPOCH_STEPS, BATCH, ROUNDS = 12, 32, 5
 METHODS = ("sgd", "psgd whole basis", "psgd sharded basis")
 
 
@@ -186,8 +188,9 @@ def main() -> None:
         rows,
         notes="extraction: same window for both; sharded: TWA span by tall-skinny QR over R "
         "gloo processes on one machine; numbers per step = gradient all-reduce (D) for data "
-        "parallelism, against the gradient's reduce-scatter (D, padded to a multiple of R), "
-        "the partial projections (d) and the all-gathered slice of the step (D/R) sharded; "
+        "parallelism, against the gradient's reduce-scatter (NCCL: D, padded to a multiple of "
+        "R; gloo: a ring of R - 1 sends of D/R), the partial projections (d) and the "
+        "all-gathered slice of the step (D/R) sharded; "
         "epoch: ResNet-20 on CIFAR-shaped random tensors, 2 gloo processes of one thread, "
         f"{EPOCH_STEPS} steps of {BATCH} examples each, median of {ROUNDS} interleaved rounds",
     )

@@ -27,16 +27,23 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def median_ms(
+    fns: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None] | None = None
+) -> dict[str, float]:
     """Median milliseconds of each function over `repeats` rounds (after one warm-up call
-    each), the functions interleaved within a round so that machine drift hits all alike."""
+    each), the functions interleaved within a round so that machine drift hits all alike.
+    `sync` (default None), if given, runs after each call inside the timing: on a GPU,
+    `torch.cuda.synchronize`, so that the time is the kernels' and not their launch's."""
+    done = sync or (lambda: None)
     for fn in fns.values():
         fn()
+        done()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             start = time.perf_counter()
             fn()
+            done()
             times[k].append(time.perf_counter() - start)
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 

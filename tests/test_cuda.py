@@ -144,3 +144,35 @@ def test_a_run_resumed_on_the_gpu_ends_where_an_uninterrupted_one_does(tmp_path)
             )
         ends.append(flat.get())
     assert torch.allclose(ends[0], ends[1], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "method", ["psgd-dense", "psgd-fastfood", "psgd-sparse", "rbd-gaussian", "rbd-hadamard"]
+)
+def test_a_subspace_step_never_waits_for_the_gpu(method):
+    """No host synchronisation inside a step: torch raises on any (an .item(), a copy to the
+    host, a data-dependent shape) while its sync debug mode is "error"."""
+    model = digits_mlp(GPU)
+    flat = FlatParams(model)
+    family, kind = method.split("-")
+    if family == "psgd":
+        opt = PSGD(flat, random_basis(kind, flat.numel, 40, seed=1, device=GPU), lr=0.5)
+    else:
+        opt = RBD(flat, 40, 1.0, seed=1, distribution=kind)
+    g = torch.Generator(device=GPU).manual_seed(0)
+    x = torch.randn(64, 1, 8, 8, generator=g, device=GPU)
+    y = torch.randint(0, 10, (64,), generator=g, device=GPU)
+
+    def step():
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    step()  # the first step fills the caches (Hadamard embeddings, sign words)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -1,7 +1,8 @@
 """Sharded P-SGD (DLDR's PCA basis) and TWA (the span of checkpoints) through `fit` on 2 and 4
-gloo processes: per step each process hands D + D/R + d numbers to the collectives (plus two,
-the loss and the example count), where plain data parallelism hands D, and the weights equal one
-process's on the global batch. The model is not from lowdim's zoo, and its D is divisible by
+gloo processes: per step each process sends (R-1)/R D numbers in the reduce-scatter's ring, D/R
+to the all-gather and d to the all-reduce (plus two, the loss and the example count), where
+plain data parallelism hands the all-reduce D, and the weights equal one process's on the
+global batch. The model is not from lowdim's zoo, and its D is divisible by
 neither 2 nor 4, so the padded shares are covered."""
 
 import os
@@ -20,7 +21,7 @@ from lowdim.params import FlatParams
 from lowdim.train import fit
 
 N, STEPS, GLOBAL_BATCH, PCA_DIM = 7, 4, 24, 4
-COLLECTIVES = ("all_reduce", "reduce_scatter_single", "all_gather_single", "broadcast")
+COLLECTIVES = ("all_reduce", "all_gather", "isend", "broadcast", "reduce_scatter_single")
 
 
 class Gate(nn.Module):
@@ -84,9 +85,9 @@ def train(basis, batches, sent) -> tuple[torch.Tensor, list[int]]:
 
 
 def counted(collective, sent: list[int]):
-    """`collective`, recording the size of what it is handed (the input of a reduce-scatter or
-    an all-gather, which take the output first)."""
-    takes_output_first = collective.__name__ in ("reduce_scatter_single", "all_gather_single")
+    """`collective`, recording the size of what it is handed (the input of an all-gather or a
+    reduce-scatter, which take the output first)."""
+    takes_output_first = collective.__name__ in ("all_gather", "reduce_scatter_single")
 
     def call(tensor, *args, **kwargs):
         sent.append((args[0] if takes_output_first else tensor).numel())
@@ -129,15 +130,15 @@ def test_sharded_steps_send_d_plus_a_slice_and_equal_one_process(tmp_path, free_
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
     w = checkpoints()
     whole = {"pca": pca_of_rows(w.numpy(), PCA_DIM), "twa": span_of_rows(w)}
-    padded = shard_size(D, world) * world  # D rounded up to a multiple of R
-    assert padded > D  # the padding is exercised
+    share = shard_size(D, world)  # ceil(D/R): D is padded to R shares
+    assert share * world > D  # the padding is exercised
     for method, basis in whole.items():
         d = basis.dim
         assert ranks[0][method]["d"] == d
         for r in ranks:
-            # reduce-scatter of the gradient, the d partial products, the all-gathered slice,
-            # and the loop's (loss, examples)
-            assert r[method]["per_step"] == [padded + d + padded // world + 2] * STEPS
+            # the ring reduce-scatter of the gradient (R-1 sends of a share), the d partial
+            # products, the all-gathered share, and the loop's (loss, examples)
+            assert r[method]["per_step"] == [(world - 1) * share + d + share + 2] * STEPS
             assert torch.equal(r[method]["theta"], ranks[0][method]["theta"])
         # one process on the global batches, the whole basis: the same steps, up to the order
         # of float32 sums (the gradient's terms summed in R parts, then over processes); the

@@ -122,7 +122,7 @@ class RBD(FlatOptimizer):
         self.worker = distributed.rank() if worker is None else worker
         self.keep_directions = bool(keep_directions)
         self.threads = threads or torch.get_num_threads()
-        self.last_cosine = float("nan")
+        self._cosine: Tensor | float = float("nan")
         self._fixed: dict[tuple[int, str], BlockBasis] = {}  # kept fixed bases, by worker
 
     # The settings live in param_groups alone (what state_dict saves and load_state_dict
@@ -147,6 +147,12 @@ class RBD(FlatOptimizer):
     # Each process projects its own gradient and the coordinates are exchanged: `fit` leaves
     # the gradients unreduced.
     combines_gradients = True
+
+    @property
+    def last_cosine(self) -> float:
+        """The cosine between the last step and this process's minibatch gradient (NaN before
+        the first step, or where either is zero); reading it waits for the step's kernels."""
+        return float(self._cosine)
 
     @property
     def bytes_sent_per_step(self) -> int:
@@ -216,8 +222,8 @@ class RBD(FlatOptimizer):
             (basis if w == mine else self.basis_at(step, w)).expand_add_(update, c)
         if len(parts) > 1:
             update.div_(len(parts))
-        norm = float(update.norm()) * float(grad.norm())
-        self.last_cosine = float(update @ grad) / norm if norm > 0 else float("nan")
+        # kept on the device (0/0 is NaN there too): read as a number only when asked for
+        self._cosine = (update @ grad) / (update.norm() * grad.norm())
         self.flat.data.add_(update, alpha=-self.param_groups[0]["lr"])
         state["step"] = step + 1
         return loss
