@@ -2,8 +2,8 @@
 gloo processes: per step each process sends (R-1)/R D numbers in the reduce-scatter's ring, D/R
 to the all-gather and d to the all-reduce (plus two, the loss and the example count), where
 plain data parallelism hands the all-reduce D, and the weights equal one process's on the
-global batch. The model is not from lowdim's zoo, and its D is divisible by
-neither 2 nor 4, so the padded shares are covered."""
+global batch; sharded P-BFGS's too. The model is not from lowdim's zoo, and its D is divisible
+by neither 2 nor 4, so the padded shares are covered."""
 
 import os
 
@@ -16,7 +16,7 @@ from torch import nn
 from lowdim.bases.pca import pca_of_rows
 from lowdim.bases.sharded import shard_bounds, shard_pca_basis, shard_size, shard_span_basis
 from lowdim.bases.span import span_of_rows
-from lowdim.optim import PSGD
+from lowdim.optim import PBFGS, PSGD
 from lowdim.params import FlatParams
 from lowdim.train import fit
 
@@ -84,6 +84,16 @@ def train(basis, batches, sent) -> tuple[torch.Tensor, list[int]]:
     return flat.get(), opt.per_step
 
 
+def train_pbfgs(basis, batches) -> torch.Tensor:
+    """P-BFGS (its line search evaluates the loss across processes, and each trial gathers a
+    step) through `fit`."""
+    model = net()
+    flat = FlatParams(model)
+    flat.set(basis.anchor.float())
+    fit(model, PBFGS(flat, basis, module=model), batches, batches, epochs=1, progress=False)
+    return flat.get()
+
+
 def counted(collective, sent: list[int]):
     """`collective`, recording the size of what it is handed (the input of an all-gather or a
     reduce-scatter, which take the output first)."""
@@ -118,6 +128,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     for method, basis in sharded.items():
         theta, per_step = train(basis, mine, sent)
         result[method] = {"theta": theta, "per_step": per_step, "d": basis.dim}
+    result["pbfgs"] = {"theta": train_pbfgs(sharded["pca"], mine)}
     # plain data parallelism with the whole basis, for the count beside it
     result["plain"] = {"per_step": train(pca_of_rows(w.numpy(), PCA_DIM), mine, sent)[1]}
     torch.save(result, f"{out}/rank{rank}.pt")
@@ -147,5 +158,11 @@ def test_sharded_steps_send_d_plus_a_slice_and_equal_one_process(tmp_path, free_
         one, _ = train(basis, global_batches(), [])
         assert torch.allclose(ranks[0][method]["theta"], one, atol=1e-5), method
         assert (one - basis.anchor.float()).abs().max() > 1e-2  # the steps moved the weights
+    # P-BFGS: the same trials accepted, so the same weights up to the sums' order (its steps
+    # are quasi-Newton, larger than P-SGD's: 1e-4 is still far below a step)
+    pbfgs = train_pbfgs(whole["pca"], global_batches())
+    assert all(torch.equal(r["pbfgs"]["theta"], ranks[0]["pbfgs"]["theta"]) for r in ranks)
+    assert torch.allclose(ranks[0]["pbfgs"]["theta"], pbfgs, atol=1e-4)
+    assert (pbfgs - whole["pca"].anchor.float()).abs().max() > 1e-2
     # data parallelism with the whole basis all-reduces the gradient: D numbers (+2)
     assert ranks[0]["plain"]["per_step"] == [D + 2] * STEPS
