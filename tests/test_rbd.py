@@ -38,7 +38,7 @@ def materialised(opt, step, worker=0):
         for _, raw, scale in child.chunks():
             full = torch.zeros(len(raw), opt.flat.numel, dtype=raw.dtype)
             full[:, offset : offset + length] = raw * (
-                scale.unsqueeze(-1) if scale.dim() else scale
+                scale.unsqueeze(-1) if torch.is_tensor(scale) else scale
             )
             blocks.append(full)
     return torch.cat(blocks).t()

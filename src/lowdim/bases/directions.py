@@ -54,10 +54,12 @@ def _raw(seed, step, worker, compartment, chunk, rows, length, distribution, dev
     )
 
 
-def _scale(raw: Tensor, normalise: str) -> Tensor:
-    """s: the factor per direction (a 0-dim tensor or a (rows,) one) normalising raw's rows."""
+def _scale(raw: Tensor, normalise: str) -> Tensor | float:
+    """s: the factor per direction normalising raw's rows: one number for "sqrt" (rounded to
+    float32, as the entries are drawn; a Python number, so no copy to a GPU waits for it), a
+    (rows,) tensor for "unit"."""
     if normalise == "sqrt":
-        return torch.tensor(1 / math.sqrt(raw.shape[1]), device=raw.device)
+        return torch.tensor(1 / math.sqrt(raw.shape[1])).item()
     if normalise == "unit":
         return raw.norm(dim=1).reciprocal_()
     raise BadArgument("normalise", f"must be one of {', '.join(NORMALISATIONS)}, got {normalise!r}")
@@ -81,7 +83,7 @@ def directions(
     "gaussian", normalise to "sqrt", device to "cpu")."""
     raw = _raw(seed, step, worker, compartment, chunk, rows, length, distribution, device)
     scale = _scale(raw, normalise)
-    return raw.mul_(scale.unsqueeze(-1) if scale.dim() else scale)
+    return raw.mul_(scale.unsqueeze(-1) if torch.is_tensor(scale) else scale)
 
 
 class DirectionChunks:
@@ -110,9 +112,9 @@ class DirectionChunks:
         self.ahead = self.threads if cpu and self.threads > 1 and len(self.keys) > 1 else 0
         self.pending: dict[int, Future] = {}
         self.pool: ThreadPoolExecutor | None = None
-        self.kept: dict[int, tuple[Tensor, Tensor]] = {}
+        self.kept: dict[int, tuple[Tensor, Tensor | float]] = {}
 
-    def _make(self, i: int) -> tuple[Tensor, Tensor]:
+    def _make(self, i: int) -> tuple[Tensor, Tensor | float]:
         position, j = self.keys[i]
         compartment, length, rows = self.parts[position]
         s = self.settings
@@ -128,11 +130,12 @@ class DirectionChunks:
             s["distribution"],
             s["device"],
         )
-        scale = _scale(raw, s["normalise"])
-        dtype = s["dtype"]
-        return raw.to(dtype), scale.to(dtype)
+        scale, dtype = _scale(raw, s["normalise"]), s["dtype"]
+        if torch.is_tensor(scale):
+            return raw.to(dtype), scale.to(dtype)
+        return raw.to(dtype), torch.tensor(scale, dtype=dtype).item()  # rounded to dtype
 
-    def get(self, position: int, j: int) -> tuple[Tensor, Tensor]:
+    def get(self, position: int, j: int) -> tuple[Tensor, Tensor | float]:
         """(R_j, s) of chunk j of the compartment at `position`."""
         i = self.first[position] + j
         if i in self.kept:

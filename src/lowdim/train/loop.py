@@ -28,9 +28,8 @@ parameter's gradient without `flat`); an optimiser that combines the gradients i
 `combines_gradients`: RBD, which exchanges d coordinates, or a basis sharded over the
 processes, which reduce-scatters them) gets each process's gradient scaled so that their plain
 mean across processes is the global batch's mean, and `average_gradients` defaults to that.
-Either way the weights stay identical on every process; BatchNorm
-statistics, which each process gathers from its own slices, are replaced by rank 0's at the
-end of every epoch.
+Either way the weights stay identical on every process; BatchNorm statistics, which each
+process gathers from its own slices, are replaced by rank 0's at the end of every epoch.
 """
 
 from __future__ import annotations
@@ -130,16 +129,16 @@ def check_options(
 def check_autocast(dtype) -> None:
     """BadArgument unless `dtype` (fit's `autocast`) is None or torch.bfloat16. float16 is
     refused: its narrow range underflows gradients unless the loss is scaled, which `fit`
-    does not do; a model converted with `.half()` trains, at the user's risk of it."""
+    does not do (a model converted with `.half()` still trains, in float16 throughout)."""
     if dtype is not None and dtype != torch.bfloat16:
-        hint = (
+        why = (
             " (float16 needs loss scaling, which fit does not do)" if dtype == torch.float16 else ""
         )
-        raise BadArgument("autocast", f"must be None or torch.bfloat16, got {dtype!r}{hint}")
+        raise BadArgument("autocast", f"must be None or torch.bfloat16, got {dtype!r}{why}")
 
 
 def _device_type(model: nn.Module, device) -> str:
-    """ "cuda" or "cpu": where the forward passes run (`device`, else the model's parameters)."""
+    """The type of the device the forward passes run on: `device`'s, else the model's."""
     if device is not None:
         return torch.device(device).type
     return next(model.parameters()).device.type
