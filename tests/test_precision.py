@@ -1,9 +1,13 @@
 """Lower precision and portability across devices, on the CPU: `fit` under bfloat16 autocast
-(the forward in bfloat16, every basis product in float32), models converted to bfloat16 or
-float16 stepping in their own dtype, float16 autocast refused with its reason, and the rule
+(the forward in bfloat16, every basis product in float32), float16 autocast with its dynamic
+loss scale (overflows skipped, the scale checkpointed), models converted to bfloat16 or
+float16 stepping in their own dtype, and the rule
 for random directions, which are drawn on the device that uses them: an RBD state or a saved
 redrawn basis says where, and is refused on another device type. tests/test_cuda.py runs the
 same paths on a GPU."""
+
+import json
+import math
 
 import pytest
 import torch
@@ -55,11 +59,72 @@ def test_bf16_autocast_runs_the_forward_in_bf16_and_the_step_in_float32():
     assert (p @ c).squeeze(1).sub(moved).norm() < 1e-5 * moved.norm()
 
 
-def test_float16_autocast_is_refused_with_its_reason():
+class Loud(nn.Module):
+    """Logits 1000 times a linear map's: at float16's initial loss scale 2^16 the gradient
+    reaching that map is 1000 * 2^16 / 32 = 2e6, past float16's largest number, 65504."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(12, 4)
+
+    def forward(self, x):
+        return 1000 * self.linear(x)
+
+
+def progress(run_dir):
+    return json.loads((run_dir / "checkpoint" / "state.json").read_text())["progress"]
+
+
+def test_float16_autocast_scales_the_loss_skips_overflows_and_resumes_exactly(tmp_path):
+    data = batches(n=8)
+    ends = []
+    for name, stops in (("whole", (2,)), ("cut", (1, 2))):
+        for epochs in stops:  # the resumed run starts from fresh objects, as after a kill
+            model = Loud()
+            opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+            seen = []
+            model.linear.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
+            result = fit(
+                model,
+                opt,
+                data,
+                data,
+                epochs=epochs,
+                run_dir=tmp_path / name,
+                resume=True,
+                progress=False,
+                autocast=torch.float16,
+            )
+        ends.append((model.linear.weight.detach().clone(), progress(tmp_path / name)))
+        assert seen[0] == torch.float16 and model.linear.weight.dtype == torch.float32
+        assert math.isfinite(result.train_loss)
+    (whole, kept), (cut, kept_cut) = ends
+    # halved from 2^16 at every overflow until the gradients fit: at least 5 skipped steps
+    assert kept["loss_scale"]["scale"] <= 2.0**11
+    assert torch.isfinite(whole).all() and not torch.equal(whole, Loud().linear.weight)
+    assert torch.equal(whole, cut) and kept["loss_scale"] == kept_cut["loss_scale"]
+
+
+def test_a_damaged_loss_scale_in_a_checkpoint_is_refused(tmp_path):
+    data = batches()
+    model = Loud()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    options = dict(run_dir=tmp_path, resume=True, progress=False, autocast=torch.float16)
+    fit(model, opt, data, data, epochs=1, **options)
+    state = tmp_path / "checkpoint" / "state.json"
+    record = json.loads(state.read_text())
+    record["progress"]["loss_scale"] = {"scale": -1.0, "good_steps": 3}
+    state.write_text(json.dumps(record))
+    with pytest.raises(LowdimError, match="progress.loss_scale"):
+        fit(Loud(), opt, data, data, epochs=2, **options)
+
+
+def test_other_autocast_dtypes_are_refused():
     model = classifier()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(BadArgument, match="autocast.*loss scaling"):
-        fit(model, opt, batches(), [], epochs=1, progress=False, autocast=torch.float16)
+    with pytest.raises(BadArgument, match="autocast"):
+        fit(model, opt, batches(), [], epochs=1, progress=False, autocast=torch.float64)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import LowdimError, is_int, is_number
+from .precision import check_loss_scale
 
 # The counters of a torch LR scheduler; the rest (milestones, lambdas) is rebuilt from the config.
 SCHEDULER_KEYS = ("last_epoch", "_step_count", "_last_lr", "base_lrs")
@@ -69,6 +70,8 @@ def check_record(record: object, path: Path) -> None:
             )
         ):
             raise bad(f"progress.totals is {totals!r}, not {world} list(s) of 3 numbers")
+    if "loss_scale" in progress:  # float16 training's dynamic loss scale
+        check_loss_scale(progress["loss_scale"], path)
     name = record.get("tensors_file")
     if not isinstance(name, str):
         raise bad(f"tensors_file is {name!r}, not a file name")

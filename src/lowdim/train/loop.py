@@ -47,6 +47,7 @@ from .. import distributed
 from ..errors import BadArgument, LowdimError
 from ..params import FlatParams
 from .batches import Batches, count, cross_entropy, forward_loss
+from .precision import Precision, check_autocast
 from .run_state import TrainingRun, snapshot_steps
 from .steps import EpochPlan, Steps
 
@@ -126,17 +127,6 @@ def check_options(
             raise BadArgument(name, f"must be >= {low}, got {value}")
 
 
-def check_autocast(dtype) -> None:
-    """BadArgument unless `dtype` (fit's `autocast`) is None or torch.bfloat16. float16 is
-    refused: its narrow range underflows gradients unless the loss is scaled, which `fit`
-    does not do (a model converted with `.half()` still trains, in float16 throughout)."""
-    if dtype is not None and dtype != torch.bfloat16:
-        why = (
-            " (float16 needs loss scaling, which fit does not do)" if dtype == torch.float16 else ""
-        )
-        raise BadArgument("autocast", f"must be None or torch.bfloat16, got {dtype!r}{why}")
-
-
 def _device_type(model: nn.Module, device) -> str:
     """The type of the device the forward passes run on: `device`'s, else the model's."""
     if device is not None:
@@ -200,10 +190,11 @@ def fit(
     says more of each.
 
     `autocast` (default None: off): the training forward passes run under `torch.autocast` in
-    that dtype, torch.bfloat16 (float32's exponent range, so no loss scaling is needed); the
-    parameters, their gradients and so every basis product stay in the model's dtype, and
-    evaluation runs without it. A model converted to bfloat16 or float16 itself trains too
-    (the subspace optimisers step in its dtype).
+    that dtype, torch.bfloat16 or torch.float16; the parameters, their gradients and so every
+    basis product stay in the model's dtype, and evaluation runs without it. float16 scales
+    the loss dynamically (`lowdim.train.precision`): a step whose gradients overflowed is
+    skipped, and the scale is in the checkpoints. A model converted to bfloat16 or float16
+    itself trains too (the subspace optimisers step in its dtype).
     """
     check_options(epochs, batch_size, accumulate, samples_per_epoch, checkpoint_every)
     check_autocast(autocast)
@@ -224,7 +215,7 @@ def fit(
     if average_gradients is None:
         average_gradients = not getattr(optimizer, "combines_gradients", False)
     steps = Steps(model, optimizer, loss_fn, regularizer, run.world, average_gradients, flat)
-    steps.autocast = None if autocast is None else (_device_type(model, device), autocast)
+    steps.precision = Precision(_device_type(model, device), autocast, run.done.get("loss_scale"))
     model.train()
     for epoch in range(run.done["epoch"] + 1, epochs + 1):
         lr, started = plan.train(epoch, epochs, steps, seed=seed, device=device)
@@ -238,7 +229,7 @@ def fit(
         seconds = time.perf_counter() - started
         record.update(test_loss=test_loss, test_acc=test_acc, lr=lr, epoch_seconds=seconds)
         record.update(extra_metrics() if extra_metrics is not None else {})
-        run.end_epoch(record, epochs)
+        run.end_epoch(record, epochs, **steps.precision.state())
     run.close()
     return _result(run, model, train, test, epochs, eval_batch_size, device, loss_fn)
 

@@ -139,13 +139,13 @@ class TrainingRun:
                 progress=progress,
             )
 
-    def end_epoch(self, record: dict, epochs: int) -> None:
-        """Log an epoch's record, then checkpoint at its end."""
+    def end_epoch(self, record: dict, epochs: int, **running) -> None:
+        """Log an epoch's record, then checkpoint at its end (with `running`: the loss scale)."""
         self.history.append(record)
         self.log(format_epoch(record, epochs))
         if self.metrics is not None:
             self.metrics.log(record)
-        self.checkpoint(record["epoch"])
+        self.checkpoint(record["epoch"], **running)
 
     def close(self) -> None:
         if self.metrics is not None:

@@ -7,7 +7,6 @@ Library layer, part of the training loop (`lowdim.train.loop`).
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from torch import Tensor
 from .. import distributed
 from .batches import Batches, count, forward_loss
 from .metrics import progress_bar
+from .precision import Overflow, Precision
 from .run_state import TrainingRun, snapshot_steps
 
 
@@ -36,14 +36,7 @@ class Steps:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.totals: Tensor = torch.zeros(3, dtype=torch.float64)
         self.scored = True
-        self.autocast: tuple[str, torch.dtype] | None = None  # (device type, dtype) or off
-
-    def precision(self):
-        """The forward passes' autocast context (a null context when off)."""
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        device_type, dtype = self.autocast
-        return torch.autocast(device_type, dtype=dtype)
+        self.precision = Precision("cpu", None)  # the model's own dtype; fit sets another
 
     def begin(self, sums: list[float], device) -> None:
         """Start an epoch's running sums (a mid-epoch checkpoint's, or zeros)."""
@@ -73,24 +66,31 @@ class Steps:
                 if not count(batch):  # this process's empty share of a short last batch
                     continue
                 share = count(batch) / n
-                with torch.set_grad_enabled(backward), self.precision():
+                with torch.set_grad_enabled(backward), self.precision.forward():
                     data_loss, hits = forward_loss(self.model, batch, self.loss_fn)
                     data_loss = data_loss * share
                     reg = self.regularizer
                     loss = data_loss + reg() * share if reg is not None else data_loss
                 if backward:
-                    loss.backward()
+                    self.precision.scaled(loss).backward()
                 total = loss.detach() if total is None else total + loss.detach()
                 if stash:
                     first.append((data_loss.detach() * n, hits))
             if total is None:
                 total = torch.zeros((), device=self.totals.device)
+            if backward:  # float16: back from the loss scale, or the step is skipped
+                self.precision.unscale(self.grads(), self.world)
             if self.world > 1:
                 grads = self.grads() if backward else []
                 total = distributed.weighted_mean_(total, grads, n, reduce=self.average_gradients)
             return total
 
-        self.optimizer.step(closure)
+        try:
+            self.optimizer.step(closure)
+        except Overflow:  # raised before the optimiser changed anything (its closure comes first)
+            self.precision.update(overflowed=True)
+        else:
+            self.precision.update(overflowed=False)
         for loss_part, hits in first:
             self.totals[0] += loss_part.double()
             if hits is None:
@@ -161,7 +161,12 @@ class EpochPlan:
             if self.checkpoint_every and i % self.checkpoint_every == 0 and i != self.num_steps:
                 seconds = time.perf_counter() - started
                 run.checkpoint(
-                    epoch - 1, i, epoch_lr=lr, epoch_seconds=seconds, totals=steps.totals
+                    epoch - 1,
+                    i,
+                    epoch_lr=lr,
+                    epoch_seconds=seconds,
+                    totals=steps.totals,
+                    **steps.precision.state(),
                 )
             bar.update(1)
         bar.close()
