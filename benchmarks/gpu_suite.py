@@ -10,8 +10,9 @@ It installs nothing. Three parts, in this order, within `--budget` seconds (defa
   1. tests          `pytest -m cuda` on the test files that hold CUDA tests (a subprocess)
   2. benchmarks     ratios measured side by side, each timing closed by a device synchronise:
                     P-SGD and P-BFGS training steps against SGD's on ResNet-20 CIFAR shapes
-                    (batch 128, d = 40); a Fastfood step (P^T g, then theta += P c) at
-                    ResNet-18's D = 11.7M, d = 1000, against an SGD update of the same vector;
+                    (batch 128, d = 40), and P-SGD's under bf16 autocast against float32's; a
+                    Fastfood step (P^T g, then theta += P c) at ResNet-18's D = 11.7M,
+                    d = 1000, against an SGD update of the same vector;
                     RBD training steps with Gaussian and structured directions against SGD's
                     on the paper's FC net (batch 32, d = 250); PCA of 81 x 11.7M against two
                     reads of the matrix (what its two passes must read)
@@ -63,6 +64,7 @@ from lowdim.optim import PBFGS, PSGD
 from lowdim.optim.rbd import RBD
 from lowdim.params import FlatParams
 from lowdim.train import build_optimizer, fit
+from lowdim.train.precision import Precision
 
 ROOT = Path(__file__).resolve().parents[1]
 assert "fastfood" in RANDOM_KINDS
@@ -130,16 +132,18 @@ def cuda_tests(runs: Path, timeout: float) -> dict:
 
 
 # -- 2. benchmarks ---------------------------------------------------------------------------
-def classification_step(model, optimizer, x, y):
-    """One training step as `fit` takes it: a closure (forward, backward) handed to step."""
+def classification_step(model, optimizer, x, y, autocast=None):
+    """One training step as `fit` takes it: a closure (forward, backward) handed to step; the
+    forward under `torch.autocast` in dtype `autocast` if given."""
+    precision = Precision(x.device.type, autocast)
 
     def closure(backward=True):
         if backward:
             optimizer.zero_grad(set_to_none=False)
-        with torch.set_grad_enabled(backward):
+        with torch.set_grad_enabled(backward), precision.forward():
             loss = nn.functional.cross_entropy(model(x), y)
-            if backward:
-                loss.backward()
+        if backward:
+            loss.backward()
         return loss.detach()
 
     return lambda: optimizer.step(closure)
@@ -150,7 +154,7 @@ def resnet_steps(device, sizes: Sizes, sync) -> list[dict]:
     x = torch.randn(sizes.resnet_batch, 3, 32, 32, generator=g).to(device)
     y = torch.randint(0, 10, (sizes.resnet_batch,), generator=g).to(device)
     steps = {}
-    for name in ("sgd", "psgd", "pbfgs"):
+    for name in ("sgd", "psgd", "pbfgs", "psgd-bf16"):
         torch.manual_seed(0)
         model = build_model("resnet20", (3, 32, 32), 10).to(device)
         flat = FlatParams(model)
@@ -159,14 +163,23 @@ def resnet_steps(device, sizes: Sizes, sync) -> list[dict]:
             "sgd": lambda m=model: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9),
             "psgd": lambda f=flat, b=basis: PSGD(f, b, lr=0.01),
             "pbfgs": lambda f=flat, b=basis, m=model: PBFGS(f, b, lr=0.01, module=m),
+            "psgd-bf16": lambda f=flat, b=basis: PSGD(f, b, lr=0.01),
         }[name]()
-        steps[name] = classification_step(model, opt, x, y)
+        autocast = torch.bfloat16 if name.endswith("bf16") else None
+        steps[name] = classification_step(model, opt, x, y, autocast)
     ms = median_ms(steps, sizes.repeats, sync)
     shape = f"ResNet-20 (D = 269,722), batch {sizes.resnet_batch}, d = 40"
-    return [
-        row("resnet20-step", f"{name} training step, {shape}", ms[name], ms[name] / ms["sgd"])
+    rows = [
+        row(
+            "resnet20-step",
+            f"{name} training step / SGD's, {shape}",
+            ms[name],
+            ms[name] / ms["sgd"],
+        )
         for name in ("psgd", "pbfgs")
     ]
+    what = f"psgd training step in bf16 autocast / in float32, {shape}"
+    return [*rows, row("resnet20-step", what, ms["psgd-bf16"], ms["psgd-bf16"] / ms["psgd"])]
 
 
 def fastfood_step(device, sizes: Sizes, sync) -> dict:
@@ -181,7 +194,7 @@ def fastfood_step(device, sizes: Sizes, sync) -> dict:
     ms = median_ms(
         {"fastfood": subspace, "sgd": lambda: theta.add_(grad, alpha=-1e-3)}, sizes.repeats, sync
     )
-    what = f"Fastfood step (P^T g, theta += P c), D = {n:,}, d = {d}, over an SGD update"
+    what = f"Fastfood step (P^T g, theta += P c) / an SGD update, D = {n:,}, d = {d}"
     return row("fastfood-step", what, ms["fastfood"], ms["fastfood"] / ms["sgd"])
 
 
@@ -203,7 +216,8 @@ def rbd_steps(device, sizes: Sizes, sync) -> list[dict]:
     return [
         row(
             "rbd-step",
-            f"RBD training step, {name} directions, FC 784-128-10 (D = 101,770), batch 32, d = 250",
+            f"RBD training step, {name} directions / SGD's, FC 784-128-10 (D = 101,770), "
+            "batch 32, d = 250",
             ms[name],
             ms[name] / ms["sgd"],
         )
@@ -223,7 +237,7 @@ def pca(device, sizes: Sizes, sync) -> dict:
     ms = median_ms(
         {"pca": lambda: pca_of_rows(w, sizes.pca_dim), "floor": reads}, sizes.pca_repeats, sync
     )
-    what = f"PCA of {t} x {n:,} ({sizes.pca_dim} components), over two reads of the matrix"
+    what = f"PCA of {t} x {n:,} ({sizes.pca_dim} components) / two reads of the matrix"
     return row("pca", what, ms["pca"], ms["pca"] / ms["floor"])
 
 

@@ -40,6 +40,7 @@ def test_the_smoke_run_measures_every_row_and_records_every_epoch(tmp_path):
     assert [r["name"] for r in rows] == [
         "resnet20-step",
         "resnet20-step",
+        "resnet20-step",
         "fastfood-step",
         "rbd-step",
         "rbd-step",

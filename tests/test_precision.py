@@ -174,3 +174,20 @@ def test_a_redrawn_basis_file_records_and_keeps_its_device_type(tmp_path, monkey
     basis.save(tmp_path / "cuda.safetensors")
     with pytest.raises(LowdimError, match="drawn on a CUDA device"):
         load_basis(tmp_path / "cuda.safetensors")
+
+
+def test_the_commands_take_autocast_and_a_resume_must_keep_it(tmp_path, capsys):
+    from lowdim.cli import main
+
+    run = str(tmp_path / "sgd")
+    sgd = "train-sgd --quiet --dataset digits --arch mlp --epochs 8 --save-dir".split()
+    assert main([*sgd, run, "--autocast", "bf16"]) == 0
+    assert json.loads((tmp_path / "sgd" / "config.json").read_text())["autocast"] == "bf16"
+    psgd = "train-psgd --quiet --n-components 5 --epochs 1 --lr 0.3 --save-dir".split()
+    assert main([*psgd, run, "--autocast", "fp16"]) == 0
+    summary = json.loads((tmp_path / "sgd" / "psgd" / "summary.json").read_text())
+    assert summary["test_acc"] > 0.5  # chance is 0.1
+    capsys.readouterr()
+    assert main([*sgd, run, "--autocast", "fp16", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "autocast" in err[0]

@@ -159,7 +159,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_session_options(g) -> None:
-    """--resume, --device, --quiet: how a run is carried out, not what it computes."""
+    """--resume, --device, --autocast, --quiet, --checkpoint-every: how a run is carried out
+    (a resumed run must keep its --autocast: it changes the rounding)."""
     g.add_argument(
         "--resume",
         action="store_true",
@@ -167,6 +168,13 @@ def add_session_options(g) -> None:
     )
     g.add_argument(
         "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)"
+    )
+    g.add_argument(
+        "--autocast",
+        choices=("bf16", "fp16"),
+        default=None,
+        help="run the forward passes in bfloat16, or in float16 with a dynamic loss scale; "
+        "the weights and every subspace product stay float32 (default: off)",
     )
     g.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars")
     g.add_argument(

@@ -38,6 +38,7 @@ from ..errors import BadArgument, check_finite, check_seed
 from ..optim.optimizer import check_rates
 from ..params import freeze, trainable_parameters
 from ..train.loop import check_checkpoint_every
+from ..train.precision import autocast_of
 from .common import resolve_device
 from .intrinsic import IntrinsicConfig
 from .intrinsic_points import train_point
@@ -102,6 +103,7 @@ class FinetuneConfig:
     freeze: list[str] = field(default_factory=list)
     seed: int = 0
     device: str | None = None
+    autocast: str | None = None  # bf16 or fp16: the forward passes under autocast
 
 
 def check_config(cfg: FinetuneConfig) -> None:
@@ -180,6 +182,7 @@ def _sgd_config(cfg: FinetuneConfig, data: Data, lr: float, samples: int) -> SGD
         seed=cfg.seed,
         samples_per_epoch=samples,
         device=cfg.device,
+        autocast=cfg.autocast,
     )
 
 
@@ -222,7 +225,7 @@ def _run_point(cfg, data, model, save_dir, lr, dim, session) -> _Stage:
         dataset=data.name, arch=cfg.model, projection="fastfood",
         layer_scales="param" if cfg.method == "said" else None, direct=direct, dims=[dim],
         epochs=cfg.epochs, lr=lr, l2=0.0, beta2=0.999, batch_size=cfg.batch_size,
-        seed=cfg.seed, device=cfg.device,
+        seed=cfg.seed, device=cfg.device, autocast=cfg.autocast,
     )  # fmt: skip
     folder = save_dir / "point"
     row = train_point(
@@ -255,12 +258,14 @@ def _run_trajectory(cfg, data, model, save_dir, lr, dim, session) -> _Stage:
     )  # fmt: skip
     if cfg.method == "dldr":
         sub = SubspaceConfig(method="pbfgs", n_components=dim, epochs=cfg.finish_epochs,
-                             lr=cfg.finish_lr, seed=cfg.seed, device=cfg.device)  # fmt: skip
+                             lr=cfg.finish_lr, seed=cfg.seed, device=cfg.device,
+                             autocast=cfg.autocast)  # fmt: skip
     else:
         start = max(1, sgd["snapshots"] - dim)  # the last d checkpoints, not the pretrained one
         lr = TWA_FINISH_LR if cfg.finish_lr is None else cfg.finish_lr
         sub = SubspaceConfig(method="twa", params_start=start, epochs=cfg.finish_epochs,
-                             lr=lr, seed=cfg.seed, device=cfg.device)  # fmt: skip
+                             lr=lr, seed=cfg.seed, device=cfg.device,
+                             autocast=cfg.autocast)  # fmt: skip
     summary = train_in_subspace(save_dir / "sgd", sub, **session, data=data, model=fresh)
     steps = _steps(len(data.train), summary["batch_size"], summary["epochs"])
     numel = summary["num_params"]
@@ -271,7 +276,8 @@ def _run_trajectory(cfg, data, model, save_dir, lr, dim, session) -> _Stage:
 def _run_rbd(cfg, data, model, save_dir, lr, dim, session) -> _Stage:
     """rbd: plain SGD along d fresh Gaussian directions each step (`lowdim.RBD`)."""
     rbd = RBDConfig(dataset=data.name, arch=cfg.model, dim=dim, epochs=cfg.epochs, lr=lr,
-                    batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device)  # fmt: skip
+                    batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device,
+                    autocast=cfg.autocast)  # fmt: skip
     summary = train_rbd(rbd, save_dir / "rbd", **session, data=data, model=model)
     steps = _steps(len(data.train), cfg.batch_size, cfg.epochs)
     return _Stage(summary, steps, dim, 4 * summary["num_params"], summary["wall_seconds"])
@@ -355,6 +361,7 @@ def finetune(
     check_config(cfg)
     check_checkpoint_every(checkpoint_every)
     resolve_device(cfg.device)  # joins the process group under torchrun, before any file
+    autocast_of(cfg.autocast)  # a bad name fails before anything is written
     save_dir = Path(save_dir)
     model, data = task_data(
         cfg.model, cfg.task, train=cfg.train, test=cfg.test, validation=cfg.validation,

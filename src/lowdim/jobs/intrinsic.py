@@ -33,6 +33,7 @@ from ..io import atomic_write_json
 from ..optim.optimizer import check_rates
 from ..params import trainable_parameters
 from ..train.loop import check_checkpoint_every
+from ..train.precision import autocast_of
 from .common import arch_of, resolve_device
 from .intrinsic_points import (
     POINT_KEYS,
@@ -91,6 +92,7 @@ class IntrinsicConfig:
     seed: int = 0
     data_dir: str | None = None
     device: str | None = None
+    autocast: str | None = None  # bf16 or fp16: the forward passes under autocast
 
 
 def check_config(cfg: IntrinsicConfig) -> None:
@@ -237,6 +239,7 @@ def measure_intrinsic_dim(
     check_config(cfg)
     save_dir = Path(save_dir)
     resolve_device(cfg.device)  # a bad device fails here, before anything is written
+    autocast_of(cfg.autocast)  # a bad name fails here too
     own_data = data is not None
     if data is None:
         data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed)

@@ -27,6 +27,7 @@ from ..optim.rbd import DISTRIBUTIONS, MODES, NORMALISATIONS, RBD
 from ..params import FlatParams
 from ..train import FitResult, fit
 from ..train.loop import check_checkpoint_every
+from ..train.precision import autocast_of
 from .common import arch_of, model_for, resolve_device
 from .rundir import RunDir
 from .sampling import SGDConfig
@@ -62,6 +63,7 @@ class RBDConfig:
     seed: int = 0
     data_dir: str | None = None
     device: str | None = None
+    autocast: str | None = None  # bf16 or fp16: the forward passes under autocast
 
 
 def _check_compartment_options(cfg: RBDConfig) -> None:
@@ -174,6 +176,7 @@ def _fit(
         progress=progress,
         extra_metrics=lambda: {"step_cosine": optimizer.last_cosine},
         checkpoint_every=checkpoint_every,
+        autocast=autocast_of(cfg.autocast),
     )
 
 
@@ -227,6 +230,7 @@ def train_rbd(
     check_config(cfg)
     check_checkpoint_every(checkpoint_every)
     device = resolve_device(cfg.device)
+    autocast_of(cfg.autocast)  # a bad name fails here too
     cfg, data, model = _data_and_model(cfg, data, model, device)
     optimizer = _build_rbd(cfg, FlatParams(model))
     run = RunDir(save_dir, asdict(cfg), resume=resume, defaults=asdict(RBDConfig()))

@@ -26,6 +26,7 @@ from ..errors import BadArgument, check_finite, check_seed
 from ..params import FlatParams
 from ..train import FitResult, build_optimizer, build_schedule, fit
 from ..train.loop import check_checkpoint_every
+from ..train.precision import autocast_of
 from .common import arch_of, holdout_split, labels_digest, model_for, resolve_device
 from .rundir import RunDir
 
@@ -57,6 +58,7 @@ class SGDConfig:
     data_dir: str | None = None
     download: bool = False
     device: str | None = None
+    autocast: str | None = None  # bf16 or fp16: the forward passes under autocast
     tensorboard: bool = False
     init_from: str | None = None
     holdout: float = 0.0
@@ -165,6 +167,7 @@ def _fit(
         progress=progress,
         tensorboard=cfg.tensorboard,
         checkpoint_every=checkpoint_every,
+        autocast=autocast_of(cfg.autocast),
     )
 
 
@@ -216,6 +219,7 @@ def train_sgd(
     check_config(cfg)
     check_checkpoint_every(checkpoint_every)
     device = resolve_device(cfg.device)
+    autocast_of(cfg.autocast)  # a bad name fails here too
     # the run records what it trains on, not the names of what it replaced
     cfg = replace(cfg, dataset=data.name if data else cfg.dataset, arch=arch_of(model, cfg.arch))
     run = RunDir(save_dir, asdict(cfg), resume=resume, defaults=asdict(SGDConfig()))

@@ -39,6 +39,7 @@ from ..train import FitResult, build_schedule, evaluate, fit
 from ..train.bn import recompute_batchnorm
 from ..train.checkpoint import has_checkpoint
 from ..train.loop import check_checkpoint_every
+from ..train.precision import autocast_of
 from ..trajectory import Trajectory
 from . import dldr, twa
 from .common import data_for, holdout_split, labels_digest, module_for, resolve_device
@@ -169,6 +170,7 @@ def _read_inputs(sgd_dir: Path, cfg: SubspaceConfig, data, model) -> _Inputs:
     sgd_cfg, sgd_summary = read_sgd_run(sgd_dir)
     sgd_cfg.device = cfg.device
     device = resolve_device(cfg.device)
+    autocast_of(cfg.autocast)  # a bad name fails here too
     data = data_for(sgd_cfg, data, sgd_dir)
     if labels_digest(data.train.y) != sgd_summary["train_labels_sha256"]:
         raise LowdimError(
@@ -256,6 +258,7 @@ def _train(run: RunDir, inputs: _Inputs, basis: Basis, trained: bool, progress, 
         extra_metrics=extra_metrics,
         flat=inputs.flat,  # several processes average the gradient as one D-vector
         checkpoint_every=every,
+        autocast=autocast_of(cfg.autocast),
     )
     if cfg.bn_recompute and recompute_batchnorm(model, train, device=device):
         result.test_loss, result.test_acc = evaluate(model, test, device=device)

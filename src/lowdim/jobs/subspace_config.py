@@ -72,6 +72,7 @@ class SubspaceConfig:
     shard_basis: bool = False
     seed: int = 0
     device: str | None = None
+    autocast: str | None = None  # bf16 or fp16: the forward passes under autocast
 
     @property
     def journal(self) -> bool:

@@ -29,6 +29,18 @@ class Overflow(Exception):
     """Raised by a step's closure when the scaled gradients overflowed: the step is skipped."""
 
 
+# The names the jobs and the command line take (--autocast), and their dtypes.
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_of(name: str | None) -> torch.dtype | None:
+    """The dtype of an autocast name (None: off); BadArgument for another name."""
+    if name is not None and name not in AUTOCAST:
+        choices = ", ".join(AUTOCAST)
+        raise BadArgument("autocast", f"must be one of {choices} (or None), got {name!r}")
+    return None if name is None else AUTOCAST[name]
+
+
 def check_autocast(dtype) -> None:
     """BadArgument unless `dtype` (fit's `autocast`) is None, torch.bfloat16 or torch.float16."""
     if dtype is not None and dtype not in (torch.bfloat16, torch.float16):
