@@ -125,6 +125,9 @@ def test_other_autocast_dtypes_are_refused():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(BadArgument, match="autocast"):
         fit(model, opt, batches(), [], epochs=1, progress=False, autocast=torch.float64)
+    with pytest.raises(BadArgument, match="autocast must be one of bf16, fp16"):
+        fit(model, opt, batches(), [], epochs=1, progress=False, autocast="fp32")
+    fit(model, opt, batches(), [], epochs=1, progress=False, autocast="bf16")  # names work too
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -26,7 +26,6 @@ from ..io import atomic_write_json
 from ..seeding import derive_seed
 from ..subspace_model import SubspaceModel
 from ..train import build_optimizer, fit
-from ..train.precision import autocast_of
 from .common import model_for, resolve_device
 from .rundir import check_summary, read_json_object
 from .sampling import SGDConfig
@@ -136,7 +135,7 @@ def _fit_point(
         # without L2 (fine-tuning) no pass over theta for a zero term
         regularizer=(lambda: 0.5 * cfg.l2 * sub.l2_penalty()) if cfg.l2 else None,
         checkpoint_every=checkpoint_every,
-        autocast=autocast_of(cfg.autocast),
+        autocast=cfg.autocast,
     )
 
 

@@ -176,7 +176,7 @@ def _fit(
         progress=progress,
         extra_metrics=lambda: {"step_cosine": optimizer.last_cosine},
         checkpoint_every=checkpoint_every,
-        autocast=autocast_of(cfg.autocast),
+        autocast=cfg.autocast,
     )
 
 

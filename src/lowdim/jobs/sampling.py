@@ -167,7 +167,7 @@ def _fit(
         progress=progress,
         tensorboard=cfg.tensorboard,
         checkpoint_every=checkpoint_every,
-        autocast=autocast_of(cfg.autocast),
+        autocast=cfg.autocast,
     )
 
 

@@ -258,7 +258,7 @@ def _train(run: RunDir, inputs: _Inputs, basis: Basis, trained: bool, progress, 
         extra_metrics=extra_metrics,
         flat=inputs.flat,  # several processes average the gradient as one D-vector
         checkpoint_every=every,
-        autocast=autocast_of(cfg.autocast),
+        autocast=cfg.autocast,
     )
     if cfg.bn_recompute and recompute_batchnorm(model, train, device=device):
         result.test_loss, result.test_acc = evaluate(model, test, device=device)

@@ -167,7 +167,7 @@ def fit(
     drop_last: bool = False,
     average_gradients: bool | None = None,
     checkpoint_every: int = 0,
-    autocast: torch.dtype | None = None,
+    autocast: torch.dtype | str | None = None,
 ) -> FitResult:
     """Train `model` for `epochs` epochs of `train`, evaluating on `test` after each (lowdim
     splits or any iterables of batches: images, token sequences, dicts); return the metrics.
@@ -190,11 +190,11 @@ def fit(
     says more of each.
 
     `autocast` (default None: off): the training forward passes run under `torch.autocast` in
-    that dtype, torch.bfloat16 or torch.float16; the parameters, their gradients and so every
-    basis product stay in the model's dtype, and evaluation runs without it. float16 scales
-    the loss dynamically (`lowdim.train.precision`): a step whose gradients overflowed is
-    skipped, and the scale is in the checkpoints. A model converted to bfloat16 or float16
-    itself trains too (the subspace optimisers step in its dtype).
+    that dtype, torch.bfloat16 or torch.float16 (or "bf16", "fp16"); the parameters, their
+    gradients and so every basis product stay in the model's dtype, and evaluation runs
+    without it. float16 scales the loss dynamically (`lowdim.train.precision`): a step whose
+    gradients overflowed is skipped, and the scale is in the checkpoints. A model converted to
+    bfloat16 or float16 itself trains too (the subspace optimisers step in its dtype).
     """
     check_options(epochs, batch_size, accumulate, samples_per_epoch, checkpoint_every)
     check_autocast(autocast)

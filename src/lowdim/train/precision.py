@@ -42,8 +42,11 @@ def autocast_of(name: str | None) -> torch.dtype | None:
 
 
 def check_autocast(dtype) -> None:
-    """BadArgument unless `dtype` (fit's `autocast`) is None, torch.bfloat16 or torch.float16."""
-    if dtype is not None and dtype not in (torch.bfloat16, torch.float16):
+    """BadArgument unless `dtype` (fit's `autocast`) is None, torch.bfloat16 or torch.float16,
+    or one of their names in AUTOCAST."""
+    if isinstance(dtype, str):
+        autocast_of(dtype)
+    elif dtype is not None and dtype not in (torch.bfloat16, torch.float16):
         raise BadArgument(
             "autocast", f"must be None, torch.bfloat16 or torch.float16, got {dtype!r}"
         )
@@ -54,8 +57,11 @@ class Precision:
 
     `state` (from a checkpoint's progress, "loss_scale"): {"scale": S, "good_steps": n}."""
 
-    def __init__(self, device_type: str, dtype: torch.dtype | None, state: dict | None = None):
+    def __init__(
+        self, device_type: str, dtype: torch.dtype | str | None, state: dict | None = None
+    ):
         check_autocast(dtype)
+        dtype = autocast_of(dtype) if isinstance(dtype, str) else dtype
         self.device_type, self.dtype = device_type, dtype
         self.scaling = dtype == torch.float16
         self.scale, self.good_steps, self.skipped = INITIAL_SCALE, 0, 0
