@@ -25,10 +25,11 @@ It installs nothing. Three parts, in this order, within `--budget` seconds (defa
                     0.0625, images shifted by up to 2 pixels; paper: 93.89 and 97.17)
 
 It writes OUT/gpu-suite.json and OUT/gpu-suite.md (default OUT: benchmarks/results), atomically
-after each part, so a run stopped by its caller's limit keeps what it measured; the trainings'
-folders and the test report go to RUNS (--runs, default runs/gpu-suite; the suite's folders
-there are removed first, so every suite run starts afresh). `--smoke` runs the same code at tiny
-sizes on the CPU, with a small MNIST-shaped set written to RUNS; it is a test in `make test`
+after each part, so a run stopped by its caller's limit keeps what it measured, and at the end
+the trainings' curves, OUT/gpu-suite-curves.png, where matplotlib is. The trainings' folders
+and the test report go to RUNS (--runs, default runs/gpu-suite; the suite's folders there are
+removed first, so every suite run starts afresh). `--smoke` runs the same code at tiny sizes on
+the CPU, with a small MNIST-shaped set written to RUNS; it is a test in `make test`
 (tests/test_gpu_suite.py), so the suite cannot rot between GPU sessions.
 """
 
@@ -54,7 +55,7 @@ from torch import nn
 from lowdim.bases import RANDOM_KINDS, pca_of_rows, random_basis
 from lowdim.data import load_dataset
 from lowdim.errors import LowdimError
-from lowdim.io import atomic_write_json, atomic_write_text
+from lowdim.io import atomic_write, atomic_write_json, atomic_write_text
 from lowdim.jobs.common import model_for
 from lowdim.jobs.intrinsic import IntrinsicConfig
 from lowdim.jobs.intrinsic_points import point_model, point_module, sgd_config
@@ -443,6 +444,34 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(report: dict, out: Path) -> bool:
+    """OUT/gpu-suite-curves.png: each training's test accuracy per epoch, with the paper's
+    number as a dotted line; False where matplotlib is missing (a bare GPU machine: plot the
+    JSON later, with this function)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in report["reproductions"].values():
+        epochs = r["epochs"]
+        line = ax.plot(
+            [e["epoch"] for e in epochs], [e["test_acc"] for e in epochs], label=r["what"]
+        )
+        if isinstance(r["paper"], float):
+            ax.axhline(r["paper"], linestyle=":", color=line[0].get_color())
+    ax.set(xlabel="epoch", ylabel="test accuracy", title=f"on {report['machine']['device']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(out / "gpu-suite-curves.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return True
+
+
 def write(report: dict, out: Path, started: float) -> None:
     report["elapsed_seconds"] = round(time.time() - started, 1)
     atomic_write_json(out / "gpu-suite.json", report)
@@ -518,6 +547,7 @@ def main() -> int:
         report[name] = run()
         report["part_seconds"][name] = round(time.time() - began, 1)
         write(report, out, started)
+    plot(report, out)
     print(markdown(report))
     failed = report["tests"].get("status") == "red" or any(
         r["returncode"] for r in report["reproductions"].values()

@@ -54,6 +54,7 @@ def test_the_smoke_run_measures_every_row_and_records_every_epoch(tmp_path):
         assert [e["epoch"] for e in run["epochs"]] == [1, 2], name
         assert all(0 <= e["test_acc"] <= 1 for e in run["epochs"])
     assert 0 < runs["intrinsic-lenet-290"]["of_baseline"]
+    assert (tmp_path / "gpu-suite-curves.png").read_bytes()[:4] == b"\x89PNG"
     table = (tmp_path / "gpu-suite.md").read_text()
     assert "smoke" in table and table.count("\n| ") == 2 * 2 + len(rows) + len(runs)
 
