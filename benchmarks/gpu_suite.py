@@ -80,6 +80,7 @@ class Sizes:
     fastfood_dim: int = 1000
     pca_rows: int = 81
     pca_dim: int = 40
+    rbd_dim: int = 250  # the paper's
     repeats: int = 20
     pca_repeats: int = 3
     epochs: int = 100  # the papers'
@@ -91,6 +92,7 @@ SMOKE = Sizes(
     fastfood_dim=50,
     pca_rows=9,
     pca_dim=4,
+    rbd_dim=20,
     repeats=2,
     pca_repeats=1,
     epochs=2,
@@ -211,14 +213,14 @@ def rbd_steps(device, sizes: Sizes, sync) -> list[dict]:
         if name == "sgd":
             opt = torch.optim.SGD(model.parameters(), lr=0.1)
         else:
-            opt = RBD(flat, 250, 1.0, seed=0, distribution=name)
+            opt = RBD(flat, sizes.rbd_dim, 1.0, seed=0, distribution=name)
         steps[name] = classification_step(model, opt, x, y)
     ms = median_ms(steps, sizes.repeats, sync)
     return [
         row(
             "rbd-step",
             f"RBD training step, {name} directions / SGD's, FC 784-128-10 (D = 101,770), "
-            "batch 32, d = 250",
+            f"batch 32, d = {sizes.rbd_dim}",
             ms[name],
             ms[name] / ms["sgd"],
         )
@@ -269,13 +271,13 @@ def benchmarks(device, sizes: Sizes, deadline: float) -> list[dict]:
 TASKS = {
     "intrinsic-lenet-baseline": ("MNIST LeNet trained directly (the d_int90 baseline)", None),
     "intrinsic-lenet-290": ("MNIST LeNet, Fastfood subspace, d = 290", "90% of the baseline"),
-    "rbd-fc-mnist": ("RBD, Gaussian directions, FC-MNIST, d = 250", 0.9389),
-    "rbd-cnn-mnist": ("RBD, Gaussian directions, CNN-MNIST, d = 250", 0.9717),
+    "rbd-fc-mnist": ("RBD, Gaussian directions, FC-MNIST, d = {rbd_dim}", 0.9389),
+    "rbd-cnn-mnist": ("RBD, Gaussian directions, CNN-MNIST, d = {rbd_dim}", 0.9717),
 }
 RBD_RATES = {"rbd-fc-mnist": ("fc", 1.0), "rbd-cnn-mnist": ("cnn", 0.0625)}
 
 
-def training(name: str, mnist: str, device: torch.device):
+def training(name: str, mnist: str, device: torch.device, rbd_dim: int):
     """(model, optimizer, train split, test split, batch size, fit options) of task `name`,
     built from the library as the jobs build them."""
     cfg = IntrinsicConfig(dataset="mnist", arch="lenet", data_dir=mnist, lr=1e-3)
@@ -301,18 +303,18 @@ def training(name: str, mnist: str, device: torch.device):
     data = load_dataset("mnist", data_dir=mnist, verify_checksums=False)
     torch.manual_seed(0)
     model = build_model(arch, (1, 28, 28), 10).to(device)
-    opt = RBD(FlatParams(model), 250, lr, seed=0, distribution="gaussian")
+    opt = RBD(FlatParams(model), rbd_dim, lr, seed=0, distribution="gaussian")
     train = shifted(data.train, 2).to(device)
     return model, opt, train, data.test.to(device), 32, {}
 
 
-def run_task(name: str, runs: Path, mnist: str, device: torch.device, epochs: int, deadline: float):
-    """Task `name` epoch by epoch in runs/name (fit resumes each time, exactly), until `epochs`
-    or until the deadline would not fit another epoch as long as the last one."""
-    model, opt, train, test, batch, options = training(name, mnist, device)
+def run_task(name: str, runs: Path, mnist: str, device, sizes: Sizes, deadline: float) -> None:
+    """Task `name` epoch by epoch in runs/name (fit resumes each time, exactly), until
+    `sizes.epochs`, or until the deadline would not fit another epoch as long as the last."""
+    model, opt, train, test, batch, options = training(name, mnist, device, sizes.rbd_dim)
     folder = runs / name
     last = 0.0
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, sizes.epochs + 1):
         if time.time() + 1.2 * last > deadline:
             break
         started = time.time()
@@ -347,7 +349,7 @@ def curve(folder: Path) -> list[dict]:
     ]
 
 
-def reproductions(runs: Path, mnist: str, device, epochs: int, deadline: float) -> dict:
+def reproductions(runs: Path, mnist: str, device, smoke: bool, deadline: float) -> dict:
     """The four trainings as concurrent processes, then their per-epoch records."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"} if device.type == "cpu" else dict(os.environ)
     children = {
@@ -363,8 +365,7 @@ def reproductions(runs: Path, mnist: str, device, epochs: int, deadline: float) 
                 mnist,
                 "--device",
                 str(device),
-                "--epochs",
-                str(epochs),
+                *(["--smoke"] if smoke else []),
                 "--deadline",
                 str(deadline),
             ],
@@ -384,7 +385,7 @@ def reproductions(runs: Path, mnist: str, device, epochs: int, deadline: float) 
             _, err = child.communicate()
         what, paper = TASKS[name]
         results[name] = {
-            "what": what,
+            "what": what.format(rbd_dim=(SMOKE if smoke else Sizes()).rbd_dim),
             "paper": paper,
             "returncode": child.returncode,
             "epochs": curve(runs / name),
@@ -502,13 +503,13 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
     parser.add_argument("--task", choices=list(TASKS), help=argparse.SUPPRESS)
     parser.add_argument("--device", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     out, runs = Path(args.out), Path(args.runs)
     if args.task:  # a child of part 3
         device = torch.device(args.device)
-        run_task(args.task, runs, args.mnist, device, args.epochs, args.deadline)
+        sizes = SMOKE if args.smoke else Sizes()
+        run_task(args.task, runs, args.mnist, device, sizes, args.deadline)
         return 0
     started = time.time()
     if not (args.smoke or torch.cuda.is_available()):
@@ -539,7 +540,7 @@ def main() -> int:
     parts = (  # each part, and the time by which it must be done
         ("tests", lambda: cuda_tests(runs, timeout=0.25 * args.budget)),
         ("benchmarks", lambda: benchmarks(device, sizes, deadline=started + 0.45 * args.budget)),
-        ("reproductions", lambda: reproductions(runs, mnist, device, sizes.epochs, end - 20)),
+        ("reproductions", lambda: reproductions(runs, mnist, device, args.smoke, end - 20)),
     )
     report["part_seconds"] = {}
     for name, run in parts:
