@@ -90,15 +90,21 @@ def shard_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+def spawned(worker, world: int) -> list:
+    """What each of `world` gloo processes running worker(rank, world, port, out) saved to
+    out/<rank>."""
+    with tempfile.TemporaryDirectory() as out, socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        mp.spawn(worker, args=(world, port, out), nprocs=world, join=True)
+        return [torch.load(f"{out}/{r}", weights_only=True) for r in range(world)]
+
+
 def sharding() -> list[dict]:
     rows = []
     for world in (1, 2, 4):
-        with tempfile.TemporaryDirectory() as out, socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-            s.close()
-            mp.spawn(shard_worker, args=(world, port, out), nprocs=world, join=True)
-            got = [torch.load(f"{out}/{r}", weights_only=True) for r in range(world)]
+        got = spawned(shard_worker, world)
         d, padded = got[0]["d"], shard_size(D, world) * world
         rows.append(
             {
@@ -154,12 +160,7 @@ def epoch_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def epochs(world: int = 2) -> list[dict]:
-    with tempfile.TemporaryDirectory() as out, socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
-        mp.spawn(epoch_worker, args=(world, port, out), nprocs=world, join=True)
-        got = [torch.load(f"{out}/{r}", weights_only=True) for r in range(world)]
+    got = spawned(epoch_worker, world)
     # an epoch lasts as long as its slowest process
     median = {
         k: statistics.median(max(g[k][i] for g in got) for i in range(ROUNDS)) for k in METHODS
