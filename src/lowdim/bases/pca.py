@@ -115,9 +115,9 @@ def pca_of_rows(
     `checks` (from `Trajectory.checks`) verifies each row's crc32 in the same pass that
     accumulates the Gram matrix. NaN or inf in the rows raise `LowdimError` naming them.
     """
-    device = matrix.device if isinstance(matrix, Tensor) else torch.device("cpu")
+    device = torch.device("cpu")
     if isinstance(matrix, Tensor):
-        matrix = matrix.detach()
+        matrix, device = matrix.detach(), matrix.device
     t, num_params = matrix.shape
     if not 1 <= n_components <= t - 1:
         raise BadArgument(
